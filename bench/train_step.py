@@ -1,0 +1,67 @@
+"""Benchmark: MS-STCN training step (configs/iam.cfg model) on CPU.
+
+    python bench/train_step.py [--batch_size=128] [--seq_len=1024] [--steps=5] [--jit_compile]
+
+Prints one JSON object: sequences per second over timed steps (after warm-up)
+and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_integer("batch_size", 128, "Sequences per step.")
+flags.DEFINE_integer("seq_len", 1024, "Steps per sequence.")
+flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the step.")
+flags.DEFINE_string("downsampling", "strided", "strided (paper) or sum_pool (authors' code).")
+FLAGS = flags.FLAGS
+
+
+def main(_):
+    import numpy as np
+    import tensorflow as tf
+
+    from tfhier import training
+    from tfhier.models import MSSTCN
+
+    model = MSSTCN(3, head="handwriting", head_components=10, downsampling=FLAGS.downsampling).build_for_data()
+    settings = training.TrainSettings()
+    model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings),
+                  jit_compile=FLAGS.jit_compile)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(FLAGS.batch_size, FLAGS.seq_len, 3)).astype(np.float32)
+    x[..., 2] = rng.random((FLAGS.batch_size, FLAGS.seq_len)) < 0.05
+    mask = np.ones((FLAGS.batch_size, FLAGS.seq_len), np.float32)
+    ds = tf.data.Dataset.from_tensors((x, mask)).repeat()
+    model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace + warm up
+    start = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
+    elapsed = time.perf_counter() - start
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({
+        "benchmark": "msstcn_train_step", "config": "configs/iam.cfg model", "params": model.count_params(),
+        "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "jit_compile": FLAGS.jit_compile,
+        "downsampling": FLAGS.downsampling, "timed_steps": FLAGS.steps,
+        "seconds_per_step": round(elapsed / FLAGS.steps, 3),
+        "sequences_per_second": round(FLAGS.batch_size * FLAGS.steps / elapsed, 2),
+        "peak_rss_gb": round(peak_kb / 1024 ** 2, 2), "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), "tensorflow": tf.__version__}))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,209 @@
+"""IAM On-Line Handwriting Database (IAM-OnDB) loader.
+
+Reads the files as users download them: ``<data_dir>/lineStrokes/**/*.xml``
+(any depth), one text line per file, e.g.
+``lineStrokes/a01/a01-000/a01-000u-01.xml``.  The form id is the file stem
+without its last ``-NN`` (``a01-000u``).  Transcriptions (``ascii/``) are not
+needed by the unconditional models and are not read.
+
+Each line becomes a float32 ``[N-1, 3]`` array of steps ``(dx, dy, pen)`` from
+its N points (all strokes in order, y negated so that up is up): step t goes
+from point t to point t+1 and ``pen = 1`` when point t+1 ends its stroke, the
+convention of the MS-STCN authors' preprocessing.  Lines with fewer than two
+points are skipped with a warning.  ``info['line_ids'][split]`` and
+``info['start_points'][split]`` (``[n, 2]``, raw units, y negated) keep what is
+needed to rebuild absolute coordinates: ``start + cumsum(steps[:, :2] * offset_scale)``.
+
+Splits:
+
+* With the official task files ``trainset.txt``, ``testset_v.txt``,
+  ``testset_t.txt`` and ``testset_f.txt`` (form ids, one per line) in
+  ``data_dir``: train = trainset, valid = testset_v + testset_t,
+  test = testset_f.  Lines whose form is in no list are left out (logged).
+* Otherwise a deterministic split by form, so that lines of one writer's form
+  never straddle splits: form ids are sorted by ``md5(f"{seed}:{form_id}")``;
+  the first ceil(5%) go to test, the next ceil(5%) to valid, the rest to
+  train (at least one form each from 3 forms on).  Adding lines to known forms
+  changes nothing; adding forms moves at most the forms next to the two cut
+  points, because every other form keeps its place in the hash order.
+
+Scaling: dx and dy of every split are divided by one scalar ``offset_scale``,
+the std of all training dx and dy values pooled (``info['offset_scale']``).
+
+Augmentation (``train_augment``): the MS-STCN paper (§4) describes adding
+measurement noise to the pen position; the authors' code adds it to the
+offsets.  We add U(-0.5, 0.5) raw units to dx and dy (pen untouched), which
+exactly dequantises the integer raw offsets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfhier.data.base import DataError, SequenceData
+from tfhier.data.strokes import apply_offset_scale, offset_scale, points_to_steps
+
+SPLITS = ("train", "valid", "test")
+TASK_FILES = {
+    "train": ("trainset.txt",),
+    "valid": ("testset_v.txt", "testset_t.txt"),
+    "test": ("testset_f.txt",),
+}
+HASH_SPLIT_FRACTION = 0.05
+
+
+def load_iam_ondb(data_dir, *, seed: int = 0) -> SequenceData:
+    """Loads IAM-OnDB line strokes from ``data_dir`` (see the module docstring).
+
+    Args:
+      data_dir: folder holding ``lineStrokes/`` and, optionally, the task files.
+      seed: salts the form hash of the fallback split (ignored with task files).
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(f"IAM-OnDB data_dir {data_dir} does not exist or is not a folder; "
+                        "expected a folder holding lineStrokes/**/*.xml")
+    paths = sorted((data_dir / "lineStrokes").rglob("*.xml"))
+    if not paths:
+        raise DataError(f"no lineStrokes/**/*.xml files under {data_dir}; expected the "
+                        "unpacked IAM-OnDB lineStrokes-all.tar.gz there")
+
+    line_ids, raw_steps, starts = [], [], []
+    for path in paths:
+        points, stroke_end = _read_line_strokes(path)
+        if len(points) < 2:
+            logging.warning("IAM-OnDB: skipping %s: %d point(s), need at least 2", path, len(points))
+            continue
+        line_ids.append(path.stem)
+        raw_steps.append(points_to_steps(points, stroke_end))
+        starts.append(points[0])
+
+    form_ids = sorted({_form_id(line_id) for line_id in line_ids})
+    split_of_form = _task_file_split(data_dir)
+    split_method = "task_files"
+    if split_of_form is None:
+        split_of_form = _hash_split(form_ids, seed)
+        split_method = "md5"
+
+    members = {split: [] for split in SPLITS}
+    left_out = 0
+    for i, line_id in enumerate(line_ids):
+        split = split_of_form.get(_form_id(line_id))
+        if split is None:
+            left_out += 1
+        else:
+            members[split].append(i)
+    if left_out:
+        logging.info("IAM-OnDB: %d of %d lines belong to forms in no task file; left out",
+                     left_out, len(line_ids))
+    for split in SPLITS:
+        if not members[split]:
+            raise DataError(f"IAM-OnDB under {data_dir}: the {split} split is empty "
+                            f"(split by {split_method}, {len(form_ids)} forms with usable lines); "
+                            "expected at least one line in each of train/valid/test")
+
+    scale = offset_scale([raw_steps[i] for i in members["train"]])
+    data = SequenceData(
+        name="iam_ondb",
+        train=apply_offset_scale([raw_steps[i] for i in members["train"]], scale),
+        valid=apply_offset_scale([raw_steps[i] for i in members["valid"]], scale),
+        test=apply_offset_scale([raw_steps[i] for i in members["test"]], scale),
+        feature_dim=3,
+        kind="handwriting",
+        info={
+            "offset_scale": scale,
+            "line_ids": {s: [line_ids[i] for i in members[s]] for s in SPLITS},
+            "start_points": {s: np.array([starts[i] for i in members[s]], dtype=np.float64).reshape(-1, 2)
+                             for s in SPLITS},
+        },
+        train_augment=dequantisation_noise(scale),
+    )
+    logging.info("IAM-OnDB: %d/%d/%d train/valid/test lines (split by %s), offset_scale %.3f",
+                 len(data.train), len(data.valid), len(data.test), split_method, scale)
+    return data.check()
+
+
+def dequantisation_noise(scale: float) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Returns ``steps [T, 3] -> steps``: adds U(-0.5, 0.5) raw units to dx, dy.
+
+    Raw offsets are integers, so this spreads each over its quantisation cell;
+    ``scale`` converts the half-width to the scaled units the steps are in.
+    """
+    half_width = 0.5 / scale
+
+    def add_noise(steps: tf.Tensor) -> tf.Tensor:
+        offsets = steps[:, :2]
+        noise = tf.random.uniform(tf.shape(offsets), -half_width, half_width, dtype=steps.dtype)
+        return tf.concat([offsets + noise, steps[:, 2:]], axis=1)
+
+    return add_noise
+
+
+def _read_line_strokes(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Returns a line's points ``[N, 2]`` (y negated) and ``[N]`` stroke-end flags."""
+    try:
+        root = ET.fromstring(path.read_bytes())
+    except ET.ParseError as err:
+        raise DataError(f"{path}: malformed or truncated XML ({err}); expected an "
+                        "IAM-OnDB <WhiteboardCaptureSession> file") from None
+    stroke_set = root.find("StrokeSet")
+    if stroke_set is None:
+        raise DataError(f"{path}: no <StrokeSet> element; expected an IAM-OnDB "
+                        "<WhiteboardCaptureSession> file")
+    points, stroke_end = [], []
+    for stroke in stroke_set.iter("Stroke"):
+        stroke_points = stroke.findall("Point")
+        for point in stroke_points:
+            x, y = point.get("x"), point.get("y")
+            try:
+                points.append((int(x), -int(y)))
+            except (TypeError, ValueError):
+                raise DataError(f"{path}: <Point x={x!r} y={y!r}>; expected integer x and y "
+                                "attributes") from None
+            stroke_end.append(False)
+        if stroke_points:
+            stroke_end[-1] = True
+    return np.array(points, dtype=np.float64).reshape(-1, 2), np.array(stroke_end, dtype=bool)
+
+
+def _form_id(line_id: str) -> str:
+    """``a01-000u-01`` -> ``a01-000u``: lines of one form share a writer."""
+    return line_id.rsplit("-", 1)[0]
+
+
+def _task_file_split(data_dir: Path) -> dict | None:
+    """Maps form id -> split from the official task files, or None if there are none."""
+    present = {name for names in TASK_FILES.values() for name in names if (data_dir / name).is_file()}
+    if not present:
+        return None
+    missing = sorted(name for names in TASK_FILES.values() for name in names if name not in present)
+    if missing:
+        raise DataError(f"{data_dir}: has task file(s) {sorted(present)} but not {missing}; "
+                        "expected all of trainset.txt, testset_v.txt, testset_t.txt, testset_f.txt or none")
+    split_of_form = {}
+    for split, names in TASK_FILES.items():
+        for name in names:
+            for form_id in (data_dir / name).read_text(encoding="latin-1").split():
+                previous = split_of_form.setdefault(form_id, split)
+                if previous != split:
+                    raise DataError(f"{data_dir / name}: form {form_id} is also in the {previous} "
+                                    "task file; expected each form in one split only")
+    return split_of_form
+
+
+def _hash_split(form_ids: list, seed: int) -> dict:
+    """Maps form id -> split by md5 order (see the module docstring)."""
+    ordered = sorted(form_ids, key=lambda f: hashlib.md5(f"{seed}:{f}".encode()).hexdigest())
+    held_out = math.ceil(HASH_SPLIT_FRACTION * len(ordered))
+    split_of_form = {f: "test" for f in ordered[:held_out]}
+    split_of_form.update({f: "valid" for f in ordered[held_out:2 * held_out]})
+    split_of_form.update({f: "train" for f in ordered[2 * held_out:]})
+    return split_of_form

@@ -1,0 +1,193 @@
+"""Polyphonic music (JSB Chorales, Nottingham, Piano-midi.de, MuseData) as piano rolls.
+
+The four MIDI datasets of Boulanger-Lewandowski et al. (ICML 2012) are the
+polyphonic-music benchmark of SRNN (Fraccaro et al. 2016, §4 and Table 2) and
+VHRNN (§5 and appendix B of ``vhrnn.txt``).  Both model every time step as an
+88-dimensional binary vector, one dimension per piano key, with a Bernoulli
+output distribution.
+
+File format (as users download it, e.g. ``JSB Chorales.pickle``): a pickled
+dict with keys ``'train'``, ``'valid'``, ``'test'``; each value is a list of
+sequences, a sequence is a list of time steps, and a time step is a list (or
+tuple) of the MIDI note numbers sounding at that step, 21 (A0) .. 108 (C8).
+An empty step is a rest.  Third-party copies exist as Python-2 pickles whose
+notes are numpy int64 scalars (``jsb-chorales-quarter.pkl``); those need
+``encoding='latin1'`` and numpy's scalar-reconstruction globals.
+
+Choices made here (the papers are silent):
+
+* Piano-roll column ``k`` is MIDI note ``21 + k``; a step is 1 where the note
+  sounds.  No mean-centering (VHRNN appendix B mean-centres per dimension; a
+  model that wants that can do it from the training split itself).
+* Extra keys in the dict are ignored; a sequence with no steps is an error.
+* Pickles are code.  They are read with :class:`_RestrictedUnpickler`, whose
+  ``find_class`` allows only plain builtin containers/numbers, the numpy
+  globals needed to rebuild scalars (``numpy.core.multiarray.scalar``,
+  ``numpy._core.multiarray.scalar``, ``numpy.dtype``) and ``_codecs.encode``
+  restricted to latin1 (how Python 3 stores the scalars' raw bytes in
+  protocol-2 pickles).  Anything else (for
+  example ``os.system`` in a crafted ``__reduce__``) is refused with a
+  :class:`DataError` before it can be called.  numpy arrays
+  (``numpy.core.multiarray._reconstruct``) are deliberately not allowed: the
+  published files do not need them.
+* The pickle is first read with the default (ASCII/UTF-8) string decoding; on
+  ``UnicodeDecodeError`` it is re-read with ``encoding='latin1'``, as needed
+  for Python-2 pickles holding numpy scalars.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from typing import Any
+
+import numpy as np
+
+from tfhier.data.base import DataError, SequenceData
+
+LOWEST_NOTE = 21
+HIGHEST_NOTE = 108
+NUM_KEYS = HIGHEST_NOTE - LOWEST_NOTE + 1  # 88
+
+_SPLITS = ("train", "valid", "test")
+
+
+def _numpy_scalar():
+    try:
+        from numpy._core.multiarray import scalar  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
+_SAFE_BUILTINS = {
+    "list": list, "dict": dict, "tuple": tuple, "set": set, "frozenset": frozenset,
+    "int": int, "float": float, "complex": complex, "bool": bool, "str": str,
+    "bytes": bytes, "bytearray": bytearray, "long": int, "unicode": str,
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler that refuses every global outside a small allow-list."""
+
+    def __init__(self, file, *, source: str, **kwargs):
+        super().__init__(file, **kwargs)
+        self._source = source
+
+    def _latin1_encode(self, obj, encoding="utf-8", errors="strict"):
+        # Python 3 writes bytes in protocol <= 2 as _codecs.encode(str, 'latin1').
+        if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+            raise DataError(
+                f"{self._source}: refusing _codecs.encode with encoding {encoding!r}: only the "
+                f"latin1 form Python 3 uses to store bytes is allowed")
+        return obj.encode("latin1", errors)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("builtins", "__builtin__") and name in _SAFE_BUILTINS:
+            return _SAFE_BUILTINS[name]
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
+            return _numpy_scalar()
+        if module == "numpy" and name == "dtype":
+            return np.dtype
+        if module == "_codecs" and name == "encode":
+            return self._latin1_encode
+        raise DataError(
+            f"{self._source}: refusing to unpickle global '{module}.{name}': a polyphonic "
+            f"music pickle holds only lists/tuples/dicts of ints (and numpy integer scalars)")
+
+
+def _unpickle(path: str) -> Any:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the polyphonic music pickle ({e.strerror or e})") from e
+    last_error = None
+    for kwargs in ({}, {"encoding": "latin1"}):
+        try:
+            return _RestrictedUnpickler(io.BytesIO(raw), source=path, **kwargs).load()
+        except DataError:
+            raise
+        except UnicodeDecodeError as e:
+            last_error = e
+            continue
+        except Exception as e:  # truncated / corrupted / not a pickle at all
+            raise DataError(
+                f"{path}: not a readable polyphonic music pickle (truncated or corrupted?): "
+                f"{type(e).__name__}: {e}") from e
+    raise DataError(f"{path}: cannot decode the pickle's strings as UTF-8 or latin1 ({last_error})")
+
+
+def _is_int(v: Any) -> bool:
+    return (isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)))
+
+
+def _piano_roll(seq: Any, path: str, split: str, i: int) -> np.ndarray:
+    where = f"{path}: {split} sequence {i}"
+    if not isinstance(seq, (list, tuple)):
+        raise DataError(f"{where} is a {type(seq).__name__}, expected a list of time steps")
+    if len(seq) == 0:
+        raise DataError(f"{where} has no time steps")
+    roll = np.zeros((len(seq), NUM_KEYS), np.float32)
+    for t, step in enumerate(seq):
+        if not isinstance(step, (list, tuple)):
+            raise DataError(
+                f"{where} step {t} is a {type(step).__name__}, expected a list of MIDI note numbers")
+        for note in step:
+            if not _is_int(note):
+                raise DataError(
+                    f"{where} step {t} holds {note!r} ({type(note).__name__}), expected integer "
+                    f"MIDI note numbers")
+            n = int(note)
+            if not LOWEST_NOTE <= n <= HIGHEST_NOTE:
+                raise DataError(
+                    f"{where} step {t} holds MIDI note {n}, outside the piano range "
+                    f"{LOWEST_NOTE}..{HIGHEST_NOTE}")
+            roll[t, n - LOWEST_NOTE] = 1.0
+    return roll
+
+
+def load_polyphonic(path: str | os.PathLike) -> SequenceData:
+    """Loads a Boulanger-Lewandowski polyphonic-music pickle as 88-key piano rolls.
+
+    Args:
+      path: the pickle (``JSB Chorales.pickle``, ``Nottingham.pkl``, ...).
+
+    Returns:
+      ``SequenceData(name='polyphonic', kind='binary', feature_dim=88)``; each
+      sequence a float32 ``[T, 88]`` array of 0/1 with column ``k`` = MIDI note
+      ``21 + k``.  ``info`` holds ``source`` (the path), ``lowest_note`` (21)
+      and ``dataset`` (the file name without extension).
+
+    Raises:
+      DataError: naming the file, when it cannot be read or unpickled, holds a
+        refused global, is not a dict with non-empty ``train``/``valid``/``test``
+        lists, or holds a step that is not a list of integer notes in 21..108.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: polyphonic music pickle not found")
+    obj = _unpickle(path)
+    if not isinstance(obj, dict):
+        raise DataError(
+            f"{path}: holds a {type(obj).__name__}, expected a dict with keys 'train', 'valid', 'test'")
+    missing = [s for s in _SPLITS if s not in obj]
+    if missing:
+        raise DataError(
+            f"{path}: the dict lacks key(s) {missing}, expected keys 'train', 'valid', 'test' "
+            f"(found {sorted(map(str, obj.keys()))})")
+    splits = {}
+    for split in _SPLITS:
+        seqs = obj[split]
+        if not isinstance(seqs, (list, tuple)):
+            raise DataError(
+                f"{path}: '{split}' is a {type(seqs).__name__}, expected a list of sequences")
+        if len(seqs) == 0:
+            raise DataError(f"{path}: the '{split}' split is empty")
+        splits[split] = [_piano_roll(s, path, split, i) for i, s in enumerate(seqs)]
+    dataset = os.path.splitext(os.path.basename(path))[0]
+    return SequenceData(
+        name="polyphonic", feature_dim=NUM_KEYS, kind="binary",
+        info={"source": path, "lowest_note": LOWEST_NOTE, "dataset": dataset},
+        **splits).check()

@@ -1,0 +1,194 @@
+"""Output heads: a 1x1 projection of the top-down output to the parameters
+``eta`` of a TFP distribution over one time step (MS-STCN appendix A.2).
+
+Every head maps features ``g`` ``[B, T, C]`` to ``eta`` ``[B, T, param_size]``
+(``call``) and ``eta`` to a distribution with batch shape ``[B, T]`` and event
+shape ``[D]`` (``distribution``).  Keeping the two apart lets a model return
+the raw parameters (tests check causality on them; SavedModels can return them)
+and build the distribution where it is needed.
+
+Gaussian scales, here and for the latent variables, are
+``clip(softplus(eta_sigma), 1e-3, 5)`` (A.2; eq. 14's "softmax" is a typo for
+softplus, which eq. 11 uses).
+
+``temperature`` scales the sampling distribution: Gaussian scales are
+multiplied by it and mixture/Bernoulli logits divided by it, so 1 is the model
+itself and smaller values give tidier, less varied samples.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfhier.blocks import CausalConv1D
+
+tfd = tfp.distributions
+
+SCALE_MIN = 1e-3
+SCALE_MAX = 5.0
+
+
+def gaussian_scale(eta_sigma):
+    """A.2: softplus, then clamped to [1e-3, 5]."""
+    return tf.clip_by_value(tf.nn.softplus(eta_sigma), SCALE_MIN, SCALE_MAX)
+
+
+class Head(keras.layers.Layer):
+    """Base class: ``call(g) -> eta``, ``distribution(eta) -> tfd.Distribution``."""
+
+    def __init__(self, dim, **kwargs):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+
+    def build(self, g_shape):
+        self.proj = CausalConv1D(self.param_size, 1, name="proj")
+
+    @property
+    def param_size(self) -> int:
+        raise NotImplementedError
+
+    def call(self, g):
+        return self.proj(g)
+
+    def distribution(self, eta, temperature=1.0):
+        raise NotImplementedError
+
+    def get_config(self):
+        return {**super().get_config(), "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class GaussianHead(Head):
+    """Diagonal Gaussian, eq. (14): ``eta = [mu, sigma_pre]``, size 2D."""
+
+    @property
+    def param_size(self):
+        return 2 * self.dim
+
+    def distribution(self, eta, temperature=1.0):
+        mu, s = tf.split(eta, 2, axis=-1)
+        return tfd.Independent(tfd.Normal(mu, gaussian_scale(s) * temperature), reinterpreted_batch_ndims=1)
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class BernoulliHead(Head):
+    """Independent Bernoulli per dimension, ``eta`` = logits, size D."""
+
+    @property
+    def param_size(self):
+        return self.dim
+
+    def distribution(self, eta, temperature=1.0):
+        return tfd.Independent(tfd.Bernoulli(logits=eta / temperature, dtype=tf.float32),
+                               reinterpreted_batch_ndims=1)
+
+
+def _split_mixture(eta, n, per_component):
+    logits = eta[..., :n]
+    params = tf.reshape(eta[..., n:], tf.concat([tf.shape(eta)[:-1], [n, per_component]], 0))
+    return logits, params
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class GaussianMixtureHead(Head):
+    """Mixture of n diagonal Gaussians over the whole step (A.2): size 2Dn + n.
+
+    One component is drawn for all D dimensions together, in ``log_prob``
+    (a logsumexp over components of the joint density) and in ``sample``.
+    """
+
+    def __init__(self, dim, components=10, **kwargs):
+        super().__init__(dim, **kwargs)
+        self.components = int(components)
+
+    @property
+    def param_size(self):
+        return 2 * self.dim * self.components + self.components
+
+    def distribution(self, eta, temperature=1.0):
+        logits, params = _split_mixture(eta, self.components, 2 * self.dim)
+        mu, s = tf.split(params, 2, axis=-1)
+        return tfd.MixtureSameFamily(
+            tfd.Categorical(logits=logits / temperature),
+            tfd.Independent(tfd.Normal(mu, gaussian_scale(s) * temperature), reinterpreted_batch_ndims=1))
+
+    def get_config(self):
+        return {**super().get_config(), "components": self.components}
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class BernoulliMixtureHead(Head):
+    """Mixture of n independent-Bernoulli vectors (A.2): size Dn + n."""
+
+    def __init__(self, dim, components=10, **kwargs):
+        super().__init__(dim, **kwargs)
+        self.components = int(components)
+
+    @property
+    def param_size(self):
+        return self.dim * self.components + self.components
+
+    def distribution(self, eta, temperature=1.0):
+        logits, params = _split_mixture(eta, self.components, self.dim)
+        return tfd.MixtureSameFamily(
+            tfd.Categorical(logits=logits / temperature),
+            tfd.Independent(tfd.Bernoulli(logits=params / temperature, dtype=tf.float32),
+                            reinterpreted_batch_ndims=1))
+
+    def get_config(self):
+        return {**super().get_config(), "components": self.components}
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class HandwritingHead(Head):
+    """Pen strokes ``[dx, dy, pen]``: a mixture of n diagonal 2-D Gaussians on
+    the offsets and an independent Bernoulli on the pen-up flag (A.1 IAM-OnDB:
+    "a mixture of 10 Gaussians and a Bernoulli for the pen up event").
+    ``eta = [pen_logit, mixture_logits(n), mu(n,2), sigma_pre(n,2)]``, size 1 + 5n.
+    With ``components=1`` this is the authors' public-code head (one Gaussian).
+    """
+
+    def __init__(self, dim=3, components=10, **kwargs):
+        if dim != 3:
+            raise ValueError(f"HandwritingHead models [dx, dy, pen] steps (dim 3), got dim={dim}")
+        super().__init__(dim, **kwargs)
+        self.components = int(components)
+
+    @property
+    def param_size(self):
+        return 1 + 5 * self.components
+
+    def distribution(self, eta, temperature=1.0):
+        pen_logit = eta[..., :1]
+        logits, params = _split_mixture(eta[..., 1:], self.components, 4)
+        mu, s = tf.split(params, 2, axis=-1)
+        offsets = tfd.MixtureSameFamily(
+            tfd.Categorical(logits=logits / temperature),
+            tfd.Independent(tfd.Normal(mu, gaussian_scale(s) * temperature), reinterpreted_batch_ndims=1))
+        pen = tfd.Independent(tfd.Bernoulli(logits=pen_logit / temperature, dtype=tf.float32),
+                              reinterpreted_batch_ndims=1)
+        return tfd.Blockwise([offsets, pen])
+
+    def get_config(self):
+        return {**super().get_config(), "components": self.components}
+
+
+HEADS = {
+    "gaussian": GaussianHead,
+    "gmm": GaussianMixtureHead,
+    "bernoulli": BernoulliHead,
+    "bernoulli_mixture": BernoulliMixtureHead,
+    "handwriting": HandwritingHead,
+}
+
+
+def make_head(kind, dim, components=10, **kwargs) -> Head:
+    """The head of type ``kind`` (one of :data:`HEADS`) for steps of size ``dim``."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown output head {kind!r}; expected one of {sorted(HEADS)}")
+    cls = HEADS[kind]
+    if cls in (GaussianHead, BernoulliHead):
+        return cls(dim, **kwargs)
+    return cls(dim, components=components, **kwargs)

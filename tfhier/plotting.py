@@ -1,0 +1,105 @@
+"""Pictures of ``[dx, dy, pen]`` handwriting for PNG files and TensorBoard.
+
+Figures are drawn on matplotlib's Agg canvas directly (no pyplot), so plotting
+needs no display, keeps no global figure state and is safe in training
+callbacks.  A step with ``pen > 0.5`` ends the stroke after the point it
+reaches (the convention of :mod:`tfhier.data.strokes`).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+ROW_HEIGHT_IN = 1.6
+FIGURE_WIDTH_IN = 10.0
+
+
+def handwriting_figure(seqs: Sequence, offset_scale: float = 1.0,
+                       titles: Optional[Sequence[str]] = None) -> Figure:
+    """One row per sequence, equal aspect, pen-up gaps left blank.
+
+    Args:
+      seqs: ``[T, 3]`` arrays (or tensors) of ``(dx, dy, pen)``.
+      offset_scale: multiplies dx, dy back to data units (``info['offset_scale']``).
+      titles: optional one title per sequence.
+    """
+    if len(seqs) == 0:
+        raise ValueError("handwriting_figure: no sequences to draw")
+    if titles is not None and len(titles) != len(seqs):
+        raise ValueError(f"handwriting_figure: {len(titles)} titles for {len(seqs)} sequences")
+    fig = Figure(figsize=(FIGURE_WIDTH_IN, ROW_HEIGHT_IN * len(seqs)))
+    FigureCanvasAgg(fig)
+    for row, seq in enumerate(seqs):
+        ax = fig.add_subplot(len(seqs), 1, row + 1)
+        _draw(ax, seq, offset_scale)
+        if titles is not None:
+            ax.set_title(titles[row], fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_handwriting_png(seqs: Sequence, path, offset_scale: float = 1.0,
+                         titles: Optional[Sequence[str]] = None) -> Path:
+    """Writes :func:`handwriting_figure` to ``path`` atomically; returns the path.
+
+    The PNG goes to a temporary file in the same folder first and is then
+    renamed, so a reader (or a crash) never sees half a file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = handwriting_figure(seqs, offset_scale, titles)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def handwriting_image_batch(seqs: Sequence, offset_scale: float = 1.0, *,
+                            width: int = 800, height: int = 160) -> np.ndarray:
+    """Renders each sequence to its own RGBA image: uint8 ``[k, height, width, 4]``.
+
+    The layout ``tf.summary.image`` takes.
+    """
+    if len(seqs) == 0:
+        raise ValueError("handwriting_image_batch: no sequences to draw")
+    dpi = 100
+    images = []
+    for seq in seqs:
+        fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+        canvas = FigureCanvasAgg(fig)
+        ax = fig.add_axes((0.01, 0.02, 0.98, 0.96))
+        _draw(ax, seq, offset_scale)
+        canvas.draw()
+        images.append(np.asarray(canvas.buffer_rgba()).copy())
+    return np.stack(images)
+
+
+def strokes_xy(seq, offset_scale: float = 1.0) -> np.ndarray:
+    """Absolute points ``[N+1, 2]`` from ``[N, 3]`` steps, NaN rows after pen-ups.
+
+    Starts at (0, 0).  The NaN rows make one ``plot`` call draw every stroke
+    without the jumps between them.
+    """
+    steps = np.asarray(seq, dtype=np.float64)
+    points = np.concatenate([np.zeros((1, 2)), np.cumsum(steps[:, :2] * offset_scale, axis=0)])
+    pen_up_after = np.flatnonzero(steps[:, 2] > 0.5) + 1   # index of the point the stroke ends on
+    return np.insert(points, pen_up_after + 1, np.nan, axis=0)
+
+
+def _draw(ax, seq, offset_scale: float) -> None:
+    xy = strokes_xy(seq, offset_scale)
+    ax.plot(xy[:, 0], xy[:, 1], color="black", linewidth=1.0, solid_capstyle="round")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.axis("off")

@@ -1,0 +1,83 @@
+"""Writing generated sequences where people look at them: files and TensorBoard.
+
+What a sample looks like depends on the data kind (see
+:class:`tfhier.data.base.SequenceData`): handwriting becomes a PNG of pen
+strokes, audio a WAV file, binary data (piano rolls, MNIST) an image; every
+kind is also saved as ``.npz`` in model space.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from tfhier import plotting
+
+
+def _atomic_save(path, write):
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def waveforms(x, info):
+    """Audio frames [N, T, W] (normalised) -> waveforms [N, T*W] in the data's units."""
+    from tfhier.data.audio import frames_to_waveform
+
+    return np.stack([frames_to_waveform(frames, info) for frames in x])
+
+
+def save_samples(x, kind, info, stem):
+    """Saves samples ``x`` [N, T, D] as ``stem.npz`` plus the kind's own format; returns the main path."""
+    x = np.asarray(x)
+    _atomic_save(stem + ".npz", lambda p: np.savez(p, samples=x))
+    if kind == "handwriting":
+        return str(plotting.save_handwriting_png(list(x), stem + ".png", float(info.get("offset_scale", 1.0))))
+    if kind == "audio":
+        import soundfile as sf
+
+        rate = int(info["sample_rate"])
+        for i, wave in enumerate(waveforms(x, info)):
+            peak = max(1.0, float(np.max(np.abs(wave))))
+            _atomic_save(f"{stem}_{i}.wav", lambda p, w=wave / peak: sf.write(p, w, rate, format="WAV"))
+        return f"{stem}_0.wav"
+    if kind == "binary":
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10, 1.5 * len(x)))
+        for i, seq in enumerate(x):
+            ax = fig.add_subplot(len(x), 1, i + 1)
+            ax.imshow(seq.T, aspect="auto", origin="lower", cmap="gray_r", interpolation="nearest")
+        return _atomic_save(stem + ".png", lambda p: fig.savefig(p, format="png"))
+    return stem + ".npz"
+
+
+def summarize_samples(x, kind, info, max_outputs=4):
+    """Writes samples to the default TensorBoard writer (images for handwriting/binary, audio for audio)."""
+    x = np.asarray(x)[:max_outputs]
+    if kind == "handwriting":
+        images = plotting.handwriting_image_batch(list(x), float(info.get("offset_scale", 1.0)))
+        tf.summary.image("samples/handwriting", images, max_outputs=max_outputs)
+    elif kind == "audio":
+        waves = waveforms(x, info)
+        waves = waves / np.maximum(1.0, np.max(np.abs(waves), axis=1, keepdims=True))
+        tf.summary.audio("samples/audio", waves[..., None].astype(np.float32), int(info["sample_rate"]),
+                         max_outputs=max_outputs)
+    elif kind == "binary":
+        tf.summary.image("samples/binary", np.transpose(x, (0, 2, 1))[..., ::-1, :, None].astype(np.float32),
+                         max_outputs=max_outputs)

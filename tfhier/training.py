@@ -1,0 +1,390 @@
+"""Training: the run directory, checkpoints, TensorBoard logging and the fit loop.
+
+A run directory ``R`` holds::
+
+    R/config.json           what the run is: model name and config, dataset, data facts
+    R/flags.cfg             the effective flags, usable as --flagfile
+    R/checkpoints/ckpt-N.*  model weights, optimizer state, step, objective state (free-bits lambda)
+    R/logs/train, R/logs/validation   TensorBoard event files
+    R/samples/step_NNNNNNN.png        generated samples
+
+Checkpoints are written with ``tf.train.CheckpointManager``: the data files
+are complete before the ``checkpoint`` index file is atomically replaced to
+point at them, so a process killed mid-save leaves the previous checkpoint in
+force.  Rerunning with the same ``--run_dir`` resumes from the latest one; a
+run directory holding another configuration is refused before anything in it
+is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from typing import Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from tfhier import objectives
+from tfhier.data.base import SequenceData
+from tfhier.data.pipeline import make_dataset
+from tfhier.models import build_model
+from tfhier import samples as samples_lib
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used for this run (message says why; nothing was changed)."""
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Training settings (one per ``train.py`` flag of the same name)."""
+
+    train_steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 1024
+    learning_rate: float = 5e-4
+    lr_decay_steps: int = 100_000
+    lr_decay_rate: float = 0.5
+    clip_norm: float = 1.0
+    seed: int = 0
+    kl_regularizer: str = "linear_free_bits"
+    free_bits: float = 0.5
+    free_bits_halving_steps: int = 300_000
+    beta_start: float = 0.0
+    anneal_steps: int = 10_000
+    eval_every: int = 500
+    eval_batches: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    sample_every: int = 1000
+    num_samples: int = 4
+    sample_steps: int = 400
+    jit_compile: bool = False
+    max_nonfinite_steps: int = 10
+    verbose: str = "auto"
+
+    def validate(self):
+        positive = ["train_steps", "batch_size", "seq_len", "lr_decay_steps", "eval_every", "log_every",
+                    "checkpoint_every", "sample_every", "max_nonfinite_steps"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "lr_decay_rate"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+
+
+def atomic_write_text(path, text):
+    """Writes ``text`` to ``path`` via a temporary file and rename: never a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _jsonable(info: dict) -> dict:
+    """The scalar facts of a dataset's info (lists of line ids etc. are left out)."""
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        if isinstance(v, (int, float, str, bool)):
+            out[k] = v
+    return out
+
+
+def run_config(model_name, model_config, data: SequenceData) -> dict:
+    return {"model": model_name, "model_config": model_config, "dataset": data.name,
+            "feature_dim": data.feature_dim, "kind": data.kind, "data_info": _jsonable(data.info)}
+
+
+IDENTITY_KEYS = ("model", "model_config", "dataset", "feature_dim")
+
+
+def check_run_dir(run_dir, config) -> bool:
+    """Returns True when ``run_dir`` continues an earlier run of ``config``.
+
+    Raises :class:`RunDirError` when it holds another configuration or a
+    checkpoint without a ``config.json``; nothing is written either way.
+    """
+    config_path = os.path.join(run_dir, "config.json")
+    ckpt_dir = os.path.join(run_dir, "checkpoints")
+    if os.path.exists(config_path):
+        try:
+            with open(config_path, encoding="utf-8") as f:
+                old = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise RunDirError(f"--run_dir={run_dir}: cannot read {config_path} ({e}); "
+                              f"use a new --run_dir") from None
+        old_id = {k: old.get(k) for k in IDENTITY_KEYS}
+        new_id = json.loads(json.dumps({k: config[k] for k in IDENTITY_KEYS}))
+        if old_id != new_id:
+            diffs = _differences(old_id, new_id)
+            raise RunDirError(
+                f"--run_dir={run_dir} holds a run of another configuration ({'; '.join(diffs)}). "
+                f"Refusing to resume or overwrite it: use a new --run_dir, or the run's own flags "
+                f"(--flagfile={os.path.join(run_dir, 'flags.cfg')}).")
+        return True
+    if tf.train.latest_checkpoint(ckpt_dir):
+        raise RunDirError(f"--run_dir={run_dir} holds checkpoints but no config.json, so its configuration "
+                          f"is unknown; refusing to use it. Use a new --run_dir.")
+    return False
+
+
+def _differences(old, new, prefix=""):
+    diffs = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs += _differences(a, b, prefix + k + ".")
+        elif a != b:
+            diffs.append(f"{prefix}{k}: saved {a!r}, now {b!r}")
+    return diffs
+
+
+def _write_flags(run_dir, flags_text, step):
+    """``flags.cfg`` holds the flags the run started with; a resume with other flags adds ``flags.step_N.cfg``."""
+    path = os.path.join(run_dir, "flags.cfg")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            if f.read() == flags_text:
+                return
+        path = os.path.join(run_dir, f"flags.step_{step}.cfg")
+    atomic_write_text(path, flags_text)
+
+
+def make_optimizer(s: TrainSettings):
+    """Adam with an exponentially decaying learning rate (MS-STCN §4) and global-norm clipping."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
+    return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=s.clip_norm or None)
+
+
+def make_objective(s: TrainSettings):
+    return objectives.Objective(s.kl_regularizer, free_bits=s.free_bits,
+                                free_bits_halving_steps=s.free_bits_halving_steps,
+                                beta_start=s.beta_start, anneal_steps=s.anneal_steps)
+
+
+class Checkpointer:
+    """Checkpoints of model, optimizer (with its step) and objective state in ``run_dir/checkpoints``."""
+
+    def __init__(self, run_dir, model, optimizer, objective, max_to_keep=3):
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, objective=objective)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "checkpoints"),
+                                                  max_to_keep=max_to_keep)
+        self.model = model
+        self.optimizer = optimizer
+
+    @property
+    def step(self):
+        return int(self.optimizer.iterations.numpy())
+
+    def restore_latest(self):
+        """Restores the latest checkpoint if any; returns its path (or None)."""
+        path = self.manager.latest_checkpoint
+        if path:
+            try:
+                self.checkpoint.restore(path).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as e:
+                raise RunDirError(f"checkpoint {path} does not fit this model configuration: {e}") from None
+        return path
+
+    def weights_finite(self):
+        return all(bool(np.all(np.isfinite(v.numpy()))) for v in self.model.weights)
+
+    def save(self):
+        """Saves at the current step unless the weights are not finite; returns the path or None."""
+        if not self.weights_finite():
+            logging.error("step %d: weights are not finite; not saving (the last good checkpoint stays)",
+                          self.step)
+            return None
+        if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{self.step}"):
+            return self.manager.latest_checkpoint
+        return self.manager.save(checkpoint_number=self.step)
+
+
+# TensorBoard tag of each metric; every per-layer KL goes under kl/ so TensorBoard groups them.
+def metric_tag(name):
+    if name.startswith("kl_"):
+        return "kl/" + name[len("kl_"):]
+    if name == "kl":
+        return "kl/total"
+    return name
+
+
+class TrainingMonitor(keras.callbacks.Callback):
+    """Writes TensorBoard scalars, checkpoints, samples; stops at ``train_steps`` or on repeated NaN.
+
+    The progress bar shows Keras' running means since the epoch began; each
+    TensorBoard point is the mean over the last ``log_every`` steps, computed
+    from the metrics' running totals (so the metrics are never reset mid-epoch).
+    """
+
+    def __init__(self, run_dir, settings: TrainSettings, checkpointer: Checkpointer, objective,
+                 data: SequenceData):
+        super().__init__()
+        self.s = settings
+        self.run_dir = run_dir
+        self.checkpointer = checkpointer
+        self.objective = objective
+        self.data = data
+        self.train_writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "train"))
+        self.valid_writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "validation"))
+        self.consecutive_nonfinite = 0
+        self.failed = False
+        self._last_step = None
+        self._totals = {}
+
+    def _step(self):
+        return int(self.model.optimizer.iterations.numpy())
+
+    def on_train_begin(self, logs=None):
+        self._last_step = self._step()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._totals = {}  # Keras has just reset the metrics
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = self._step()
+        if step == self._last_step:  # the update was skipped
+            self.consecutive_nonfinite += 1
+            logging.warning("non-finite loss or gradient after step %d: update skipped, weights unchanged "
+                            "(%d in a row)", step, self.consecutive_nonfinite)
+            if self.consecutive_nonfinite >= self.s.max_nonfinite_steps:
+                self.failed = True
+                self.model.stop_training = True
+                logging.error("stopping: %d consecutive non-finite steps at step %d; the last good checkpoint "
+                              "(%s) is kept and not overwritten", self.consecutive_nonfinite, step,
+                              self.checkpointer.manager.latest_checkpoint)
+            return
+        self.consecutive_nonfinite = 0
+        self._last_step = step
+        if step % self.s.log_every == 0:
+            self._write_train_scalars(step)
+        if step % self.s.checkpoint_every == 0:
+            self.checkpointer.save()
+        if self.s.sample_every and self.s.num_samples and step % self.s.sample_every == 0:
+            self.write_samples(step)
+        if step >= self.s.train_steps:
+            self.model.stop_training = True
+
+    def _interval_means(self):
+        """Each metric's mean over the steps since the last call (or the epoch's start)."""
+        means = {}
+        for m in self.model.metrics:
+            total = float(m.total.numpy())
+            count = float(m.count.numpy()) if hasattr(m, "count") else 1.0
+            old_total, old_count = self._totals.get(m.name, (0.0, 0.0))
+            self._totals[m.name] = (total, count)
+            if not hasattr(m, "count"):  # a Sum: report the increment
+                means[m.name] = total - old_total
+            elif count > old_count:
+                means[m.name] = (total - old_total) / (count - old_count)
+        return means
+
+    def _write_train_scalars(self, step):
+        lr = self.model.optimizer.learning_rate
+        lr = float(lr(step) if callable(lr) else lr)
+        with self.train_writer.as_default(step=step):
+            for name, value in self._interval_means().items():
+                tf.summary.scalar(metric_tag(name), value)
+            tf.summary.scalar("learning_rate", lr)
+            tf.summary.scalar("free_bits_lambda", float(self.objective.free_bits_lambda.numpy()))
+            if self.objective.kl_regularizer == "anneal":
+                tf.summary.scalar("kl_weight", float(self.objective.kl_weight.numpy()))
+        self.train_writer.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        step = self._step()
+        val = {k[len("val_"):]: v for k, v in (logs or {}).items() if k.startswith("val_")}
+        if val:
+            with self.valid_writer.as_default(step=step):
+                for name, value in val.items():
+                    tf.summary.scalar(metric_tag(name), float(value))
+            self.valid_writer.flush()
+
+    def on_train_end(self, logs=None):
+        if not self.failed:
+            self.checkpointer.save()
+
+    def write_samples(self, step):
+        if not self.s.num_samples or not self.s.sample_steps:
+            return
+        x = self.model.generate(self.s.num_samples, self.s.sample_steps,
+                                tf.constant([self.s.seed, step], tf.int32)).numpy()
+        path = samples_lib.save_samples(x, self.data.kind, self.data.info,
+                                        os.path.join(self.run_dir, "samples", f"step_{step:07d}"))
+        with self.train_writer.as_default(step=step):
+            samples_lib.summarize_samples(x, self.data.kind, self.data.info)
+        self.train_writer.flush()
+        print(f"\nstep {step}: samples written to {path}", flush=True)
+
+
+def train(run_dir, model_name, model_config, data: SequenceData, settings: TrainSettings,
+          flags_text: Optional[str] = None, strategy: Optional[tf.distribute.Strategy] = None):
+    """Trains (or resumes) a run. Returns ``(model, history_logs)``.
+
+    Raises :class:`RunDirError` / ``ValueError`` with a clear message on bad
+    input, before anything in ``run_dir`` is changed.
+    """
+    settings.validate()
+    data.check()
+    config = run_config(model_name, model_config, data)
+    resuming = check_run_dir(run_dir, config)
+    strategy = strategy or tf.distribute.get_strategy()
+    keras.utils.set_random_seed(settings.seed)
+
+    with strategy.scope():
+        model = build_model(model_name, data.feature_dim, model_config).build_for_data()
+        optimizer = make_optimizer(settings)
+        objective = make_objective(settings)
+        model.compile(optimizer=optimizer, objective=objective, jit_compile=settings.jit_compile)
+        optimizer.build(model.trainable_variables)
+    print(f"{model_name}: {model.count_params():,} parameters", flush=True)
+
+    os.makedirs(run_dir, exist_ok=True)
+    checkpointer = Checkpointer(run_dir, model, optimizer, objective)
+    restored = checkpointer.restore_latest() if resuming else None
+    step = checkpointer.step
+    if restored:
+        print(f"resumed from {restored} at step {step} (free-bits lambda "
+              f"{float(objective.free_bits_lambda.numpy()):.4g})", flush=True)
+    if not resuming:
+        atomic_write_text(os.path.join(run_dir, "config.json"), json.dumps(config, indent=2) + "\n")
+    if flags_text is not None:
+        _write_flags(run_dir, flags_text, step)
+    objective.update(step)
+    if step >= settings.train_steps:
+        print(f"{run_dir} is already trained to step {step} >= --train_steps={settings.train_steps}", flush=True)
+        return model, {}
+
+    pad = model.time_multiple
+    train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
+                            augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step)
+    valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad)
+    monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
+    epochs = math.ceil(settings.train_steps / settings.eval_every)
+    history = model.fit(train_ds, epochs=epochs, initial_epoch=step // settings.eval_every,
+                        steps_per_epoch=settings.eval_every, validation_data=valid_ds,
+                        validation_steps=settings.eval_batches or None, callbacks=[monitor],
+                        verbose=settings.verbose, shuffle=False)
+    if monitor.failed:
+        raise FloatingPointError(
+            f"training stopped at step {checkpointer.step}: {monitor.consecutive_nonfinite} consecutive non-finite "
+            f"losses; the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")
+    return model, history.history
