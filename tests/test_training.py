@@ -1,0 +1,145 @@
+"""The trainer: run directory, checkpoints and resume, TensorBoard tags, refusal of bad input."""
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfhier import training
+from tfhier.data.base import SequenceData
+from tfhier.data.hershey import make_hershey_handwriting
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODEL = dict(head="handwriting", head_components=2, channels=[8, 8], latent_dims=[2, 2], strides=[1, 2],
+             bu_dilations=[[1, 2], [1]], td_blocks=1, kernel_size=2)
+
+
+def settings(**overrides):
+    base = dict(train_steps=4, batch_size=4, seq_len=32, eval_every=2, eval_batches=1, log_every=1,
+                checkpoint_every=2, sample_every=4, num_samples=1, sample_steps=8, free_bits_halving_steps=4,
+                verbose=0)
+    base.update(overrides)
+    return training.TrainSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_hershey_handwriting(num_train=16, num_valid=4, num_test=4, seed=1)
+
+
+def files_digest(run_dir):
+    """Hash of every file under run_dir except TensorBoard logs (which a refused run may not touch either)."""
+    digest = {}
+    for path in sorted(Path(run_dir).rglob("*")):
+        if path.is_file():
+            digest[str(path.relative_to(run_dir))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest
+
+
+def event_tags(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    return acc, set(acc.Tags()["tensors"])
+
+
+def test_train_writes_run_dir_and_resumes(tmp_path, data, capsys):
+    run = tmp_path / "run"
+    model, _ = training.train(str(run), "msstcn", MODEL, data, settings(), flags_text="--seed=0\n")
+    assert int(model.optimizer.iterations.numpy()) == 4
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "msstcn" and config["model_config"]["channels"] == [8, 8]
+    assert (run / "flags.cfg").read_text() == "--seed=0\n"
+    assert (run / "samples" / "step_0000004.png").stat().st_size > 0
+    assert (run / "checkpoints" / "ckpt-4.index").exists()
+
+    acc, tags = event_tags(run / "logs" / "train")
+    assert {"kl/layer_1", "kl/layer_2", "kl/total", "neg_elbo", "nll", "free_bits_lambda", "learning_rate",
+            "grad_norm"} <= tags
+    assert "samples/handwriting" in tags
+    _, val_tags = event_tags(run / "logs" / "validation")
+    assert {"neg_elbo", "kl/layer_1", "kl/layer_2"} <= val_tags
+
+    # Resume: same run_dir, more steps; the step and the free-bits lambda continue.
+    capsys.readouterr()
+    model, _ = training.train(str(run), "msstcn", MODEL, data, settings(train_steps=6), flags_text="--seed=0\n")
+    printed = capsys.readouterr().out
+    assert "resumed from" in printed and "at step 4" in printed
+    # Restored before any new step: the lambda of the last step taken (iteration 3 of 0..3).
+    assert f"lambda {0.5 * 0.5 ** (3 / 4):.4g}" in printed
+    assert int(model.optimizer.iterations.numpy()) == 6
+    import tensorflow as tf
+
+    lam = [float(tf.make_ndarray(e.tensor_proto)) for e in
+           event_tags(run / "logs" / "train")[0].Tensors("free_bits_lambda")]
+    assert math.isclose(lam[-1], 0.5 * 0.5 ** (5 / 4), rel_tol=1e-5)  # logged after iteration 5
+
+
+def test_other_configuration_is_refused_and_nothing_changes(tmp_path, data):
+    run = tmp_path / "run"
+    training.train(str(run), "msstcn", MODEL, data, settings(train_steps=2, sample_every=100))
+    before = files_digest(run)
+    other = dict(MODEL, channels=[16, 8])
+    with pytest.raises(training.RunDirError, match=r"another configuration.*channels"):
+        training.train(str(run), "msstcn", other, data, settings(train_steps=4))
+    assert files_digest(run) == before
+
+
+def test_checkpoint_without_config_is_refused(tmp_path, data):
+    run = tmp_path / "run"
+    training.train(str(run), "msstcn", MODEL, data, settings(train_steps=2, sample_every=100))
+    os.remove(run / "config.json")
+    before = files_digest(run)
+    with pytest.raises(training.RunDirError, match="no config.json"):
+        training.train(str(run), "msstcn", MODEL, data, settings(train_steps=4))
+    assert files_digest(run) == before
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
+    run = tmp_path / "run"
+    training.train(str(run), "msstcn", MODEL, data, settings(train_steps=2, sample_every=100))
+    ckpt_before = files_digest(run / "checkpoints")
+    poisoned = SequenceData(name=data.name, train=[np.full_like(s, np.nan) for s in data.train],
+                            valid=data.valid, test=data.test, feature_dim=3, kind="handwriting", info=data.info)
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        training.train(str(run), "msstcn", MODEL, poisoned, settings(train_steps=20, max_nonfinite_steps=3,
+                                                                     sample_every=100))
+    assert files_digest(run / "checkpoints") == ckpt_before
+
+
+@pytest.mark.parametrize("overrides, flag", [({"batch_size": 0}, "batch_size"),
+                                             ({"learning_rate": -1.0}, "learning_rate"),
+                                             ({"kl_regularizer": "magic"}, "kl_regularizer")])
+def test_invalid_settings_are_named(tmp_path, data, overrides, flag):
+    with pytest.raises(ValueError, match=flag):
+        training.train(str(tmp_path / "run"), "msstcn", MODEL, data, settings(**overrides))
+    assert not (tmp_path / "run").exists()
+
+
+def run_cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+def test_cli_rejects_bad_input_with_one_clear_message(tmp_path):
+    missing = run_cli("--dataset=iam_ondb", f"--data_dir={tmp_path / 'nope'}", f"--run_dir={tmp_path / 'r'}")
+    assert missing.returncode != 0
+    assert f"--data_dir={tmp_path / 'nope'} does not exist" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run_cli("--dataset=iam_ondb", f"--data_dir={tmp_path / 'empty'}", f"--run_dir={tmp_path / 'r'}")
+    assert empty.returncode != 0 and "lineStrokes" in empty.stderr and "Traceback" not in empty.stderr
+    unknown = run_cli("--no_such_flag=1")
+    assert unknown.returncode != 0 and "no_such_flag" in unknown.stderr
+    bad_enum = run_cli("--model=transformer")
+    assert bad_enum.returncode != 0 and "--model" in bad_enum.stderr
+    bad_list = run_cli("--channels=64,x", "--dataset=hershey", "--num_lines=4", f"--run_dir={tmp_path / 'r'}")
+    assert bad_list.returncode != 0 and "--channels" in bad_list.stderr and "Traceback" not in bad_list.stderr
+    assert not (tmp_path / "r").exists()
