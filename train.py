@@ -58,6 +58,8 @@ flags.DEFINE_integer("eval_every", 500, "Validation ELBO every this many steps (
 flags.DEFINE_integer("eval_batches", 0, "Validation batches per evaluation (0: the whole split).")
 flags.DEFINE_integer("log_every", 50, "TensorBoard scalars every this many steps (means over them).")
 flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every this many steps (and at the end).")
+flags.DEFINE_float("checkpoint_secs", 600.0, "Also checkpoint when this many seconds passed since the last one "
+                   "(0: only by steps).")
 flags.DEFINE_integer("sample_every", 1000, "Generate and plot samples every this many steps.")
 flags.DEFINE_integer("num_samples", 4, "Samples per plot (0: none).")
 flags.DEFINE_integer("sample_steps", 400, "Time steps per sample.")
@@ -113,13 +115,15 @@ def flags_text() -> str:
 
 
 def main(argv):
-    # TF's own INFO lines (checkpoint sharding etc.) drown the progress bar; --verbosity=0 brings them back.
-    if FLAGS["verbosity"].using_default_value:
-        logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from tfhier import training
     from tfhier.data import DataError, load_dataset
+
+    # TF's own INFO lines (checkpoint sharding etc.) drown the progress bar; --verbosity=0 brings them back.
+    # Set after importing TF, which resets the level.
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)
 
     settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
                                          for f in training.dataclasses.fields(training.TrainSettings)

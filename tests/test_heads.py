@@ -72,12 +72,11 @@ def np_bernoulli_mixture_ref(eta, x, dim, n, temp=1.0):
 
 
 def np_handwriting_split(eta, n):
-    """HandwritingHead docstring: ``eta = [pen_logit, mixture_logits(n), mu(n,2), sigma_pre(n,2)]``."""
+    """HandwritingHead docstring: ``eta = [pen_logit, mixture_logits(n), per component: mu_k(2), sigma_pre_k(2)]``."""
     pen = eta[..., 0]
     logits = eta[..., 1:1 + n]
-    mu = eta[..., 1 + n:1 + 3 * n].reshape(eta.shape[:-1] + (n, 2))
-    s = eta[..., 1 + 3 * n:1 + 5 * n].reshape(eta.shape[:-1] + (n, 2))
-    return pen, logits, mu, s
+    per_component = eta[..., 1 + n:1 + 5 * n].reshape(eta.shape[:-1] + (n, 4))
+    return pen, logits, per_component[..., :2], per_component[..., 2:]
 
 
 def np_handwriting_ref(eta, x, n, temp=1.0):
@@ -229,6 +228,7 @@ def test_head_call_is_a_1x1_projection(kind):
     g = rng.normal(size=(B, 5, 7)).astype(np.float32)
     eta = head(tf.constant(g))
     assert eta.shape == (B, 5, head.param_size)
+    assert len(head.trainable_weights) == 2  # the projection's kernel and bias are tracked (saved, trained)
     head.proj.bias.assign(rng.normal(size=head.param_size).astype(np.float32))
     w = head.proj.kernel.numpy().astype(np.float64)
     assert w.shape == (1, 7, head.param_size)

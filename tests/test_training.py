@@ -63,7 +63,8 @@ def test_train_writes_run_dir_and_resumes(tmp_path, data, capsys):
 
     acc, tags = event_tags(run / "logs" / "train")
     assert {"kl/layer_1", "kl/layer_2", "kl/total", "neg_elbo", "nll", "free_bits_lambda", "learning_rate",
-            "grad_norm"} <= tags
+            "grad_norm", "loss"} <= tags
+    assert [e.step for e in acc.Tensors("loss")] == [1, 2, 3, 4]
     assert "samples/handwriting" in tags
     _, val_tags = event_tags(run / "logs" / "validation")
     assert {"neg_elbo", "kl/layer_1", "kl/layer_2"} <= val_tags
@@ -81,6 +82,21 @@ def test_train_writes_run_dir_and_resumes(tmp_path, data, capsys):
     lam = [float(tf.make_ndarray(e.tensor_proto)) for e in
            event_tags(run / "logs" / "train")[0].Tensors("free_bits_lambda")]
     assert math.isclose(lam[-1], 0.5 * 0.5 ** (5 / 4), rel_tol=1e-5)  # logged after iteration 5
+
+
+def test_train_scalars_are_flushed_before_validation(tmp_path, data):
+    """With log_every beyond the run, each epoch's training interval is still written, with training values."""
+    import tensorflow as tf
+
+    run = tmp_path / "run"
+    training.train(str(run), "msstcn", MODEL, data, settings(log_every=100, sample_every=100))
+    acc, tags = event_tags(run / "logs" / "train")
+    assert {"loss", "grad_norm", "neg_elbo"} <= tags
+    assert [e.step for e in acc.Tensors("loss")] == [2, 4]
+    val, _ = event_tags(run / "logs" / "validation")
+    train_nll = [float(tf.make_ndarray(e.tensor_proto)) for e in acc.Tensors("nll")]
+    val_nll = [float(tf.make_ndarray(e.tensor_proto)) for e in val.Tensors("nll")]
+    assert len(val_nll) == 2 and all(abs(a - b) > 1e-3 for a, b in zip(train_nll, val_nll))
 
 
 def test_other_configuration_is_refused_and_nothing_changes(tmp_path, data):

@@ -27,7 +27,7 @@ def _matmul_last(x, w):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class CausalConv1D(keras.layers.Layer):
-    """Causal dilated convolution, eq. (2): ``out_t = b + sum_j W_j x_{t-j*d}``.
+    """Causal dilated convolution, eq. (2): ``out_t = b + sum_j W_j x_{t-(k-1-j)d}`` (tap 0 is the oldest).
 
     The input is left-padded with ``(k-1)*d`` zeros so the output has the
     input's length and step t depends on steps t-(k-1)d .. t only.

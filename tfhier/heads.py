@@ -97,6 +97,7 @@ class GaussianMixtureHead(Head):
 
     One component is drawn for all D dimensions together, in ``log_prob``
     (a logsumexp over components of the joint density) and in ``sample``.
+    ``eta = [logits(n), then per component k: mu_k(D), sigma_pre_k(D)]``.
     """
 
     def __init__(self, dim, components=10, **kwargs):
@@ -120,7 +121,8 @@ class GaussianMixtureHead(Head):
 
 @keras.saving.register_keras_serializable(package="tfhier")
 class BernoulliMixtureHead(Head):
-    """Mixture of n independent-Bernoulli vectors (A.2): size Dn + n."""
+    """Mixture of n independent-Bernoulli vectors (A.2): ``eta = [logits(n), then per component: logits_k(D)]``,
+    size Dn + n."""
 
     def __init__(self, dim, components=10, **kwargs):
         super().__init__(dim, **kwargs)
@@ -146,7 +148,7 @@ class HandwritingHead(Head):
     """Pen strokes ``[dx, dy, pen]``: a mixture of n diagonal 2-D Gaussians on
     the offsets and an independent Bernoulli on the pen-up flag (A.1 IAM-OnDB:
     "a mixture of 10 Gaussians and a Bernoulli for the pen up event").
-    ``eta = [pen_logit, mixture_logits(n), mu(n,2), sigma_pre(n,2)]``, size 1 + 5n.
+    ``eta = [pen_logit, mixture_logits(n), then per component k: mu_k(2), sigma_pre_k(2)]``, size 1 + 5n.
     With ``components=1`` this is the authors' public-code head (one Gaussian).
     """
 

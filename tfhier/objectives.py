@@ -68,7 +68,10 @@ def masked_kl_elements(posteriors, priors, latent_masks):
 
 
 def sequence_nll(likelihood, x, mask):
-    """``-sum_t mask_t log p(x_t)`` per sequence, [B]."""
+    """``-sum_t log p(x_t)`` over the steps where ``mask > 0``, per sequence, [B].
+
+    ``where`` rather than a product, so a padded step whose log-density is not
+    finite cannot turn the sum into NaN (0 * inf)."""
     log_prob = likelihood.log_prob(x)
     return -tf.reduce_sum(tf.where(mask > 0, log_prob, 0.0), axis=-1)
 

@@ -23,6 +23,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from typing import Optional
 
 import keras
@@ -62,6 +63,7 @@ class TrainSettings:
     eval_batches: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    checkpoint_secs: float = 600.0
     sample_every: int = 1000
     num_samples: int = 4
     sample_steps: int = 400
@@ -78,7 +80,7 @@ class TrainSettings:
         for name in ("learning_rate", "lr_decay_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps"):
+        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
 
@@ -249,6 +251,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         self.failed = False
         self._last_step = None
         self._totals = {}
+        self._last_save = time.monotonic()
 
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
@@ -274,10 +277,14 @@ class TrainingMonitor(keras.callbacks.Callback):
             return
         self.consecutive_nonfinite = 0
         self._last_step = step
-        if step % self.s.log_every == 0:
+        # Flush before Keras' end-of-epoch validation, which resets the (shared) metric objects.
+        last_of_epoch = batch + 1 == self.params.get("steps")
+        if step % self.s.log_every == 0 or last_of_epoch or step >= self.s.train_steps:
             self._write_train_scalars(step)
-        if step % self.s.checkpoint_every == 0:
+        overdue = self.s.checkpoint_secs and time.monotonic() - self._last_save >= self.s.checkpoint_secs
+        if step % self.s.checkpoint_every == 0 or overdue:
             self.checkpointer.save()
+            self._last_save = time.monotonic()
         if self.s.sample_every and self.s.num_samples and step % self.s.sample_every == 0:
             self.write_samples(step)
         if step >= self.s.train_steps:
@@ -378,9 +385,11 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
                             augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step)
     valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad)
     monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
-    epochs = math.ceil(settings.train_steps / settings.eval_every)
-    history = model.fit(train_ds, epochs=epochs, initial_epoch=step // settings.eval_every,
-                        steps_per_epoch=settings.eval_every, validation_data=valid_ds,
+    # A Keras epoch is one validation interval (never longer than the whole run).
+    steps_per_epoch = min(settings.eval_every, settings.train_steps)
+    epochs = math.ceil(settings.train_steps / steps_per_epoch)
+    history = model.fit(train_ds, epochs=epochs, initial_epoch=step // steps_per_epoch,
+                        steps_per_epoch=steps_per_epoch, validation_data=valid_ds,
                         validation_steps=settings.eval_batches or None, callbacks=[monitor],
                         verbose=settings.verbose, shuffle=False)
     if monitor.failed:

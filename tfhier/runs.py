@@ -1,0 +1,297 @@
+"""Loading what a training run left behind: its model (at a checkpoint) and its data.
+
+Shared by ``evaluate.py``, ``sample.py`` and export.  A run directory ``R``
+(see :mod:`tfhier.training`) holds ``R/config.json`` (model name, model
+config, dataset, data facts), ``R/flags.cfg`` (the flags ``train.py`` ran
+with) and ``R/checkpoints/ckpt-N``.
+
+* :func:`load_model` rebuilds the model from ``config.json`` and restores the
+  model weights of a checkpoint (the latest by default); optimizer slots and
+  objective state in the checkpoint are ignored.  Note: restoring with
+  ``tf.train.Checkpoint(model=model)`` alone is NOT enough for a Keras 3 model
+  that keeps layers in Python lists (MS-STCN): see :func:`restore_model_weights`.
+* :func:`load_run_data` reloads the run's dataset with the data flags of
+  ``flags.cfg`` (``--dataset``, ``--data_dir``, ``--seed``, ``--sample_rate``,
+  ``--frame_width``, ``--num_lines``, ``--synthetic_setting``) and checks that
+  its facts (feature size, ``data_info``) equal the ones saved at training time.
+* :func:`load_run` does both.
+
+Every problem with the run directory raises :class:`RunError` (a
+``ValueError``) whose message names the directory or file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from tfhier.data.base import SequenceData
+
+#: ``train.py`` flags that decide the data, and the ``load_dataset`` argument each sets
+DATA_FLAGS = {"dataset": "name", "data_dir": "data_dir", "seed": "seed", "sample_rate": "sample_rate",
+              "frame_width": "frame_width", "num_lines": "num_lines", "synthetic_setting": "setting"}
+_INT_DATA_FLAGS = ("seed", "sample_rate", "frame_width", "num_lines")
+
+
+class RunError(ValueError):
+    """The run directory (or a file in it) cannot be used; the message says which and why."""
+
+
+@dataclasses.dataclass
+class Run:
+    """A loaded run: its model at ``checkpoint`` (step ``step``) and, if asked for, its data."""
+
+    run_dir: str
+    config: dict
+    flags: dict
+    model: object
+    checkpoint: str
+    step: int
+    data: Optional[SequenceData] = None
+
+
+def _require_run_dir(run_dir) -> str:
+    if not run_dir:
+        raise RunError("--run_dir is empty; give the directory of a training run")
+    if not os.path.isdir(run_dir):
+        raise RunError(f"--run_dir={run_dir} does not exist or is not a directory")
+    return str(run_dir)
+
+
+def read_config(run_dir) -> dict:
+    """``R/config.json`` as a dict (model, model_config, dataset, feature_dim, kind, data_info)."""
+    run_dir = _require_run_dir(run_dir)
+    path = os.path.join(run_dir, "config.json")
+    if not os.path.exists(path):
+        raise RunError(f"--run_dir={run_dir} has no config.json: not a training run directory")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise RunError(f"cannot read {path}: {e}") from None
+    missing = [k for k in ("model", "model_config", "dataset", "feature_dim") if k not in config]
+    if not isinstance(config, dict) or missing:
+        raise RunError(f"{path} lacks {missing or 'a JSON object'}; it was not written by tfhier.training")
+    return config
+
+
+def parse_flags_text(text: str, source: str = "flags") -> dict:
+    """Parses flagfile text (one ``--name=value`` per line) into ``{name: value string}``.
+
+    Blank lines and whole-line ``#`` comments are skipped; a bare ``--name``
+    becomes ``'true'`` and ``--noname`` becomes ``'false'`` (absl's boolean
+    forms); a later line overrides an earlier one, as in absl.
+    """
+    out = {}
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if not line.startswith("-"):
+            raise RunError(f"{source}, line {number}: expected --name=value, got {raw!r}")
+        body = line.lstrip("-")
+        if "=" in body:
+            name, value = body.split("=", 1)
+            out[name] = value
+        elif body.startswith("no") and len(body) > 2:
+            out[body[2:]] = "false"
+        else:
+            out[body] = "true"
+    return out
+
+
+def read_flags(run_dir) -> dict:
+    """The flags ``R/flags.cfg`` records, as strings (``{}`` when the run has no flags.cfg)."""
+    path = os.path.join(_require_run_dir(run_dir), "flags.cfg")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            return parse_flags_text(f.read(), path)
+    except OSError as e:
+        raise RunError(f"cannot read {path}: {e}") from None
+
+
+def latest_checkpoint(run_dir) -> str:
+    """Path prefix of the latest checkpoint in ``R/checkpoints``; RunError when there is none."""
+    ckpt_dir = os.path.join(_require_run_dir(run_dir), "checkpoints")
+    path = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    if not path:
+        raise RunError(f"--run_dir={run_dir} has no checkpoint in {ckpt_dir} (has the run saved one yet?)")
+    return path
+
+
+def checkpoint_step(path) -> int:
+    """The optimizer step stored in checkpoint ``path`` (from its ``ckpt-N`` name if not stored)."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in ("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
+                    "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE"):
+            if reader.has_tensor(key):
+                return int(reader.get_tensor(key))
+    except (tf.errors.OpError, ValueError):
+        pass
+    match = re.search(r"-(\d+)$", str(path))
+    return int(match.group(1)) if match else -1
+
+
+class _OptimizerVariables(tf.Module):
+    """The part of a Keras 3 optimizer's checkpoint that holds model weights.
+
+    A Keras 3 optimizer tracks the list of trainable variables it was built on
+    (``optimizer/_trainable_variables/<i>``) and its step
+    (``optimizer/_iterations``).  Those list entries are the model's own
+    variables, so restoring this view (built on ``model.trainable_variables``,
+    the order the training optimizer was built in) fills the model's weights.
+    It is needed because ``tf.train.Checkpoint`` does not see layers a Keras 3
+    model keeps in Python lists: under ``model/`` the training checkpoints hold
+    only the directly assigned layers (for MS-STCN just ``input_proj``).
+    """
+
+    def __init__(self, trainable_variables):
+        super().__init__(name="optimizer_variables")
+        self._trainable_variables = list(trainable_variables)
+        self._iterations = tf.Variable(-1, dtype=tf.int64, trainable=False, name="iterations")
+
+
+def restore_model_weights(model, checkpoint: str) -> int:
+    """Restores every weight of the built ``model`` from a training checkpoint; returns the stored step.
+
+    Weights are taken from the checkpoint's ``model/`` subtree and from the
+    optimizer's list of trainable variables (see :class:`_OptimizerVariables`);
+    optimizer slots and objective state are ignored.  Every weight is set to
+    NaN first, so a weight the checkpoint does not provide is detected (training
+    never saves non-finite weights) and raises :class:`RunError`.
+    """
+    weights = [v for v in model.variables if "float" in str(v.dtype)]
+    for v in weights:
+        v.assign(tf.fill(tf.shape(v), float("nan")))
+    view = _OptimizerVariables(model.trainable_variables)
+    try:
+        tf.train.Checkpoint(model=model, optimizer=view).restore(checkpoint).expect_partial()
+    except (ValueError, tf.errors.OpError) as e:
+        raise RunError(f"checkpoint {checkpoint} does not fit this model configuration: {e}") from None
+    missing = [v.path for v in weights if not bool(np.all(np.isfinite(v.numpy())))]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise RunError(f"checkpoint {checkpoint} does not hold every weight of this model configuration "
+                       f"(not restored: {shown})")
+    step = int(view._iterations.numpy())
+    return step if step >= 0 else checkpoint_step(checkpoint)
+
+
+def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict] = None):
+    """Rebuilds the run's model and restores its weights. Returns ``(model, checkpoint_path, step)``.
+
+    Args:
+      run_dir: the run directory.
+      checkpoint: a checkpoint path prefix (``.../ckpt-N``); default: the latest in ``R/checkpoints``.
+      config: the run's config (default: read from ``R/config.json``).
+    """
+    from tfhier.models import build_model
+
+    config = config or read_config(run_dir)
+    if checkpoint is None:
+        checkpoint = latest_checkpoint(run_dir)
+    elif not tf.io.gfile.exists(str(checkpoint) + ".index"):
+        raise RunError(f"--checkpoint={checkpoint}: no such checkpoint (expected {checkpoint}.index)")
+    try:
+        model = build_model(config["model"], int(config["feature_dim"]), dict(config["model_config"]))
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{os.path.join(str(run_dir), 'config.json')}: cannot build model "
+                       f"{config['model']!r} from its model_config: {e}") from None
+    model.build_for_data()
+    step = restore_model_weights(model, str(checkpoint))
+    return model, str(checkpoint), step
+
+
+def data_options(run_dir, config: Optional[dict] = None, flags: Optional[dict] = None, **overrides) -> dict:
+    """``load_dataset`` keyword arguments for the run's data, from flags.cfg and ``overrides``.
+
+    Flags absent from flags.cfg (or a run without one) take ``load_dataset``'s
+    defaults, which are ``train.py``'s; ``--dataset`` falls back to config.json.
+    ``overrides`` (by flag name, e.g. ``data_dir='/new/place'``) win when not None.
+    """
+    config = config or read_config(run_dir)
+    flags = read_flags(run_dir) if flags is None else flags
+    values = {k: flags[k] for k in DATA_FLAGS if k in flags}
+    values.setdefault("dataset", config["dataset"])
+    for name, value in overrides.items():
+        if name not in DATA_FLAGS:
+            raise TypeError(f"unknown data option {name!r}; expected one of {sorted(DATA_FLAGS)}")
+        if value is not None:
+            values[name] = value
+    options = {}
+    for name, value in values.items():
+        if name in _INT_DATA_FLAGS:
+            try:
+                value = int(value)
+            except (TypeError, ValueError):
+                raise RunError(f"{run_dir}/flags.cfg: --{name} must be an integer, got {value!r}") from None
+        elif name == "data_dir" and value in ("", "None"):
+            value = None
+        options[DATA_FLAGS[name]] = value
+    return options
+
+
+def _info_differences(saved: dict, now: dict) -> list:
+    diffs = []
+    for key in sorted(set(saved) & set(now)):
+        a, b = saved[key], now[key]
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+            same = math.isclose(float(a), float(b), rel_tol=1e-6, abs_tol=1e-9)
+        else:
+            same = a == b
+        if not same:
+            diffs.append(f"{key}: trained on {a!r}, now {b!r}")
+    return diffs
+
+
+def load_run_data(run_dir, config: Optional[dict] = None, flags: Optional[dict] = None,
+                  **overrides) -> SequenceData:
+    """Reloads the run's dataset (see :func:`data_options`) and checks it against config.json.
+
+    Raises :class:`RunError` when the reloaded data has another dataset name,
+    feature size or ``data_info`` (e.g. another normalisation scale: not the
+    data the model was trained on), and ``tfhier.data.DataError`` when the data
+    cannot be loaded.
+    """
+    from tfhier.data import load_dataset
+    from tfhier.training import _jsonable
+
+    config = config or read_config(run_dir)
+    options = data_options(run_dir, config, flags, **overrides)
+    name = options.pop("name")
+    if name != config["dataset"]:
+        raise RunError(f"{run_dir}: flags.cfg says --dataset={name} but config.json says {config['dataset']!r}")
+    data = load_dataset(name, **options)
+    diffs = []
+    if data.feature_dim != int(config["feature_dim"]):
+        diffs.append(f"feature_dim: trained on {config['feature_dim']}, now {data.feature_dim}")
+    diffs += _info_differences(config.get("data_info", {}), _jsonable(data.info))
+    if diffs:
+        source = "flags.cfg" if os.path.exists(os.path.join(run_dir, "flags.cfg")) else "default flags (no flags.cfg)"
+        raise RunError(f"{run_dir}: the data reloaded with {source} {options} is not the data the run was "
+                       f"trained on ({'; '.join(diffs)})")
+    return data
+
+
+def load_run(run_dir, checkpoint: Optional[str] = None, *, with_data: bool = True, **data_overrides) -> Run:
+    """Loads a run's model (latest checkpoint unless ``checkpoint``) and, with ``with_data``, its data."""
+    config = read_config(run_dir)
+    flags = read_flags(run_dir)
+    model, path, step = load_model(run_dir, checkpoint, config)
+    data = load_run_data(run_dir, config, flags, **data_overrides) if with_data else None
+    return Run(run_dir=str(run_dir), config=config, flags=flags, model=model, checkpoint=path, step=step, data=data)
+
+
+__all__ = ["DATA_FLAGS", "Run", "RunError", "checkpoint_step", "data_options", "latest_checkpoint", "load_model",
+           "load_run", "load_run_data", "parse_flags_text", "read_config", "read_flags",
+           "restore_model_weights"]
