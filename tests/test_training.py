@@ -61,6 +61,13 @@ def test_train_writes_run_dir_and_resumes(tmp_path, data, capsys):
     assert (run / "samples" / "step_0000004.png").stat().st_size > 0
     assert (run / "checkpoints" / "ckpt-4.index").exists()
 
+    # Every model weight is in the checkpoint under its path (not only via the optimizer's slots).
+    import tensorflow as tf
+
+    stored = {name for name, _ in tf.train.list_variables(str(run / "checkpoints" / "ckpt-4"))}
+    for v in model.weights:
+        assert any(name.startswith("model/") and v.path in name.replace(".S", "/") for name in stored), v.path
+
     acc, tags = event_tags(run / "logs" / "train")
     assert {"kl/layer_1", "kl/layer_2", "kl/total", "neg_elbo", "nll", "free_bits_lambda", "learning_rate",
             "grad_norm", "loss"} <= tags

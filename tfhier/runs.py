@@ -142,40 +142,22 @@ def checkpoint_step(path) -> int:
     return int(match.group(1)) if match else -1
 
 
-class _OptimizerVariables(tf.Module):
-    """The part of a Keras 3 optimizer's checkpoint that holds model weights.
-
-    A Keras 3 optimizer tracks the list of trainable variables it was built on
-    (``optimizer/_trainable_variables/<i>``) and its step
-    (``optimizer/_iterations``).  Those list entries are the model's own
-    variables, so restoring this view (built on ``model.trainable_variables``,
-    the order the training optimizer was built in) fills the model's weights.
-    It is needed because ``tf.train.Checkpoint`` does not see layers a Keras 3
-    model keeps in Python lists: under ``model/`` the training checkpoints hold
-    only the directly assigned layers (for MS-STCN just ``input_proj``).
-    """
-
-    def __init__(self, trainable_variables):
-        super().__init__(name="optimizer_variables")
-        self._trainable_variables = list(trainable_variables)
-        self._iterations = tf.Variable(-1, dtype=tf.int64, trainable=False, name="iterations")
-
-
 def restore_model_weights(model, checkpoint: str) -> int:
     """Restores every weight of the built ``model`` from a training checkpoint; returns the stored step.
 
-    Weights are taken from the checkpoint's ``model/`` subtree and from the
-    optimizer's list of trainable variables (see :class:`_OptimizerVariables`);
-    optimizer slots and objective state are ignored.  Every weight is set to
-    NaN first, so a weight the checkpoint does not provide is detected (training
-    never saves non-finite weights) and raises :class:`RunError`.
+    Training checkpoints hold the model's variables by path under ``model/``
+    (:func:`tfhier.training.model_variables`); optimizer slots and objective
+    state are ignored.  Every weight is set to NaN first, so a weight the
+    checkpoint does not provide is detected (training never saves non-finite
+    weights) and raises :class:`RunError`.
     """
+    from tfhier.training import model_variables
+
     weights = [v for v in model.variables if "float" in str(v.dtype)]
     for v in weights:
         v.assign(tf.fill(tf.shape(v), float("nan")))
-    view = _OptimizerVariables(model.trainable_variables)
     try:
-        tf.train.Checkpoint(model=model, optimizer=view).restore(checkpoint).expect_partial()
+        tf.train.Checkpoint(model=model_variables(model)).restore(checkpoint).expect_partial()
     except (ValueError, tf.errors.OpError) as e:
         raise RunError(f"checkpoint {checkpoint} does not fit this model configuration: {e}") from None
     missing = [v.path for v in weights if not bool(np.all(np.isfinite(v.numpy())))]
@@ -183,8 +165,7 @@ def restore_model_weights(model, checkpoint: str) -> int:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise RunError(f"checkpoint {checkpoint} does not hold every weight of this model configuration "
                        f"(not restored: {shown})")
-    step = int(view._iterations.numpy())
-    return step if step >= 0 else checkpoint_step(checkpoint)
+    return checkpoint_step(checkpoint)
 
 
 def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict] = None):

@@ -182,11 +182,25 @@ def make_objective(s: TrainSettings):
                                 beta_start=s.beta_start, anneal_steps=s.anneal_steps)
 
 
+def model_variables(model) -> dict:
+    """The model's variables by path, for ``tf.train.Checkpoint``.
+
+    ``tf.train.Checkpoint(model=keras_model)`` does not see Keras 3 layers held
+    in Python lists (MS-STCN keeps one per latent layer), so the variables are
+    named explicitly: a checkpoint then holds every weight, whatever the
+    model's Python structure.
+    """
+    variables = {v.path: v for v in model.weights}
+    if len(variables) != len(model.weights):
+        raise ValueError(f"{model.name}: variable paths are not unique; cannot checkpoint by path")
+    return variables
+
+
 class Checkpointer:
     """Checkpoints of model, optimizer (with its step) and objective state in ``run_dir/checkpoints``."""
 
     def __init__(self, run_dir, model, optimizer, objective, max_to_keep=3):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, objective=objective)
+        self.checkpoint = tf.train.Checkpoint(model=model_variables(model), optimizer=optimizer, objective=objective)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "checkpoints"),
                                                   max_to_keep=max_to_keep)
         self.model = model

@@ -66,6 +66,31 @@ def latent_normal(params):
     return tfd.Normal(mu, gaussian_scale(s))
 
 
+def apply_if_finite(optimizer, grads, variables, finite):
+    """``optimizer.apply(grads)`` unless ``finite`` is False on any replica (then nothing changes).
+
+    Under a merge-call strategy (MirroredStrategy) ``optimizer.apply`` syncs
+    replicas, which a ``cond`` in replica context may not contain; as Keras'
+    LossScaleOptimizer does, the ``cond`` is taken in cross-replica context.
+    """
+    def apply():
+        optimizer.apply(grads, variables)
+
+    if not tf.distribute.has_strategy() or tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(finite, apply, lambda: None)
+        return
+    replica = tf.distribute.get_replica_context()
+    all_finite = replica.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) == 0
+
+    def cross_replica(strategy, grads, all_finite):
+        def apply_each():
+            strategy.extended.call_for_each_replica(lambda g: optimizer.apply(g, variables), args=(grads,))
+
+        tf.cond(strategy.experimental_local_results(all_finite)[0], apply_each, lambda: None)
+
+    replica.merge_call(cross_replica, args=(grads, all_finite))
+
+
 class SequenceModel(keras.Model):
     """Base class of all tfhier models (see the module docstring)."""
 
@@ -182,11 +207,7 @@ class SequenceModel(keras.Model):
         grad_norm = tf.linalg.global_norm(grads)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
         # A non-finite step is skipped: weights and optimizer state stay as they were.
-        def apply():
-            self.optimizer.apply(grads, variables)
-            return tf.constant(True)
-
-        tf.cond(finite, apply, lambda: tf.constant(False))
+        apply_if_finite(self.optimizer, grads, variables, finite)
         weight = tf.cast(finite, tf.float32)
         safe = lambda v: tf.where(finite, v, tf.zeros_like(v))  # noqa: E731
         self._trackers["loss"].update_state(safe(per_sequence), sample_weight=weight)
