@@ -1,0 +1,66 @@
+"""Every flagfile in configs/ parses with train.py's flags and builds its model."""
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from absl import flags
+
+from tfhier.data import DEFAULT_HEADS
+from tfhier.models import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.cfg"))
+
+# Step size and kind of each dataset, without reading any data.
+DATA = {"hershey": (3, "handwriting"), "iam_ondb": (3, "handwriting"), "polyphonic": (88, "binary"),
+        "mnist": (1, "binary"), "vhrnn_synthetic": (2, "real")}
+
+
+def load_train_module():
+    name = "tfhier_train_cli"  # one name only: importing it twice would define its flags twice
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def test_configs_exist():
+    assert {"demo.cfg", "iam.cfg"} <= {c.name for c in CONFIGS}
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_config_parses_and_builds(config):
+    train = load_train_module()
+    fv = flags.FLAGS
+    fv.unparse_flags()
+    fv(["train.py", f"--flagfile={config}"])
+    try:
+        dim, kind = (fv.frame_width, "audio") if fv.dataset == "audio" else DATA[fv.dataset]
+        data = types.SimpleNamespace(kind=kind, feature_dim=dim)
+        model = build_model(fv.model, dim, train.model_config_from_flags(data)).build_for_data()
+        assert model.count_params() > 0
+        assert train.model_config_from_flags(data)["head"] in {DEFAULT_HEADS[kind], fv.head}
+    finally:
+        fv.unparse_flags()
+
+
+def test_iam_config_is_the_paper_setting():
+    train = load_train_module()
+    fv = flags.FLAGS
+    fv.unparse_flags()
+    fv(["train.py", f"--flagfile={REPO / 'configs' / 'iam.cfg'}", "--seed=3"])
+    try:
+        cfg = train.model_config_from_flags(types.SimpleNamespace(kind="handwriting", feature_dim=3))
+        assert cfg["channels"] == [64] * 5 and cfg["latent_dims"] == [8, 8, 8, 4, 2]
+        assert cfg["strides"] == [1, 2, 2, 2, 1]
+        assert cfg["bu_dilations"] == [[1, 1, 1, 1]] * 4 + [[1, 2, 4, 8]]
+        assert cfg["td_blocks"] == 2 and cfg["head"] == "handwriting" and cfg["head_components"] == 10
+        assert fv.learning_rate == 5e-4 and fv.free_bits == 0.5 and fv.free_bits_halving_steps == 300_000
+        assert fv.seed == 3  # later flags override the flagfile
+    finally:
+        fv.unparse_flags()
