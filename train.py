@@ -64,6 +64,8 @@ flags.DEFINE_integer("sample_every", 1000, "Generate and plot samples every this
 flags.DEFINE_integer("num_samples", 4, "Samples per plot (0: none).")
 flags.DEFINE_integer("sample_steps", 400, "Time steps per sample.")
 flags.DEFINE_integer("max_nonfinite_steps", 10, "Stop after this many consecutive non-finite losses.")
+flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"],
+                  "Keras progress display: 1 progress bar, 2 one line per validation interval (for log files), 0 none.")
 
 # Data options.
 flags.DEFINE_integer("sample_rate", 16000, "audio: resample to this rate (Hz).")
@@ -126,8 +128,8 @@ def main(argv):
         logging.set_verbosity(logging.WARNING)
 
     settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
-                                         for f in training.dataclasses.fields(training.TrainSettings)
-                                         if f.name != "verbose"})
+                                         for f in training.dataclasses.fields(training.TrainSettings)})
+    settings.verbose = "auto" if FLAGS.verbose == "auto" else int(FLAGS.verbose)
     try:
         data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
                             frame_width=FLAGS.frame_width, num_lines=FLAGS.num_lines,

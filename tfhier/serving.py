@@ -1,0 +1,435 @@
+"""SavedModel export for TF Serving: scoring, sampling and continuation signatures.
+
+``export/export.py`` is the command line over this module.  An export of a
+run directory ``R`` (see :mod:`tfhier.runs`) is written to
+``<export_base>/<model_name>/<version>/``, the layout TF Serving polls (it
+serves the highest integer version and ignores other folder names)::
+
+    <version>/saved_model.pb, variables/      the SavedModel (tag "serve")
+    <version>/assets.extra/config.json        the run's config.json
+    <version>/assets.extra/tfhier_export.json model name, version, signatures, limits, data facts
+
+Signatures (built with ``keras.export.ExportArchive``; all randomness is
+stateless, drawn from the ``seed`` input, so a request is reproducible)::
+
+    serving_default  x [B,T,D] float32, lengths [B] int32, seed [2] int32
+                     -> elbo [B], nll [B], kl [B,L] (one column per latent layer), num_steps [B]
+    sample           num_samples int32 scalar, num_steps int32 scalar, seed [2] int32,
+                     temperature float32 scalar -> samples [N, num_steps, D]
+    continue         prefix [B,T0,D] float32, prefix_lengths [B] int32, num_steps int32 scalar,
+                     seed [2] int32, temperature float32 scalar -> continuations [B, num_steps, D]
+
+Every input is declared with an *unknown* shape in the SignatureDef and
+checked inside the graph instead (``tf.debugging.Assert``): a request with a
+wrong rank or feature size, lengths outside ``[1, T]``, ``num_steps`` or
+``num_samples`` outside ``[1, max]`` (maxima fixed at export time), a
+non-positive temperature or a seed that is not two integers fails with
+``InvalidArgument`` and a message that names the input and what was
+expected; TF Serving answers it as a client error (HTTP 400).  Declaring the
+shapes would move these checks out of the graph: the Python loaders reject a
+mismatching feed before the graph runs (with a ``ValueError`` that says
+nothing about the model), and graph optimizers may fold shape checks into
+constants from the declared shape.  Every check runs before any tensor sized
+by ``num_steps`` or ``num_samples`` is allocated: all inputs reach the model
+only through ``tf.identity`` ops that carry control dependencies on the checks.
+
+Padding: a batch of ``x`` (or ``prefix``) rows of different lengths is padded
+to the longest; ``lengths`` says how many steps of each row are real.  Padded
+steps are ignored but must be finite numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Optional
+
+import tensorflow as tf
+
+#: defaults of ``export.py --max_steps`` / ``--max_samples``
+DEFAULT_MAX_STEPS = 5000
+DEFAULT_MAX_SAMPLES = 256
+
+#: SavedModel folder for extra files (TF Serving's convention, e.g. for warm-up requests)
+ASSETS_EXTRA = "assets.extra"
+EXPORT_INFO_FILE = "tfhier_export.json"
+
+SIGNATURE_NAMES = ("serving_default", "sample", "continue")
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class ExportError(ValueError):
+    """The export cannot be written (bad destination, version or limits); the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Maxima fixed at export time; requests above them are refused in the graph."""
+
+    max_steps: int = DEFAULT_MAX_STEPS  # num_steps of `sample` / `continue`; prefix length of `continue`
+    max_samples: int = DEFAULT_MAX_SAMPLES  # num_samples of `sample`; batch size of `continue`
+
+    def validate(self):
+        for name in ("max_steps", "max_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ExportError(f"--{name} must be an integer >= 1, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------ in-graph checks
+
+def _check(checks, make):
+    """Appends ``Assert(*make())`` to ``checks``; every op ``make`` creates runs after the previous checks.
+
+    ``make`` returns ``(condition, data)``.  Building the condition inside the
+    control-dependency scope matters: a later check may index a shape the
+    earlier one validated (``tf.shape(x)[2]`` after the rank check), and that
+    op must not run (and fail with an unhelpful message) before it.
+    """
+    with tf.control_dependencies(checks[-1:]):
+        condition, data = make()
+        checks.append(tf.debugging.Assert(condition, list(data), summarize=8))
+
+
+def _after(checks, *tensors):
+    """``tensors`` passed through identities that depend on every check in ``checks``."""
+    with tf.control_dependencies(checks):
+        out = tuple(tf.identity(t) for t in tensors)
+    return out if len(out) > 1 else out[0]
+
+
+def _check_scalar_int(checks, name, value, low, high, what):
+    """Rank 0 and ``low <= value <= high``; returns the value with static rank 0 (after the checks)."""
+    _check(checks, lambda: (tf.equal(tf.rank(value), 0),
+                            [f"{name} must be a scalar int32 ({what}); got shape", tf.shape(value)]))
+
+    def in_range():
+        v = tf.reshape(value, [])
+        return (v >= low) & (v <= high), [f"{name} must be an integer in [{low}, {high}] ({what}); got", v]
+
+    _check(checks, in_range)
+    with tf.control_dependencies(checks):
+        return tf.reshape(value, [])
+
+
+def _check_seed(checks, seed):
+    _check(checks, lambda: (tf.equal(tf.rank(seed), 1) & tf.equal(tf.size(seed), 2),
+                            ["seed must be two int32 numbers, shape [2]; got shape", tf.shape(seed)]))
+
+
+def _check_temperature(checks, temperature):
+    _check(checks, lambda: (tf.equal(tf.rank(temperature), 0),
+                            ["temperature must be a float32 scalar > 0 (1: the model itself); got shape",
+                             tf.shape(temperature)]))
+
+    def positive():
+        t = tf.reshape(temperature, [])
+        # NaN and +inf fail too.
+        return (t > 0.0) & tf.math.is_finite(t), ["temperature must be a finite number > 0 (1: the model itself); "
+                                                  "got", t]
+
+    _check(checks, positive)
+
+
+def _check_sequences(checks, x_name, x, len_name, lengths, dim, max_batch=None, max_steps=None):
+    """Checks a padded batch ``x`` [B, T, dim] and its ``lengths`` [B] (1 <= length <= T)."""
+    shape = tf.shape(x)
+    _check(checks, lambda: (tf.equal(tf.rank(x), 3),
+                            [f"{x_name} must have rank 3, shape [batch, time, {dim}]; got shape", shape]))
+    _check(checks, lambda: (tf.equal(shape[2], dim),
+                            [f"{x_name} must have {dim} features per step, shape [batch, time, {dim}]; got shape",
+                             shape]))
+    _check(checks, lambda: ((shape[0] >= 1) & (shape[1] >= 1),
+                            [f"{x_name} must hold at least one sequence of at least one step; got shape", shape]))
+    if max_batch is not None:
+        _check(checks, lambda: (shape[0] <= max_batch,
+                                [f"{x_name} may hold at most {max_batch} sequences (max_samples of this export); "
+                                 "got shape", shape]))
+    if max_steps is not None:
+        _check(checks, lambda: (shape[1] <= max_steps,
+                                [f"{x_name} may have at most {max_steps} steps (max_steps of this export); "
+                                 "got shape", shape]))
+    _check(checks, lambda: (tf.reduce_all(tf.math.is_finite(x)),
+                            [f"{x_name} must be finite (no NaN or Inf, padding included)"]))
+    _check(checks, lambda: (tf.equal(tf.rank(lengths), 1) & tf.equal(tf.size(lengths), shape[0]),
+                            [f"{len_name} must have shape [batch], one length per sequence of {x_name}; got shape",
+                             tf.shape(lengths), f"for {x_name} of shape", shape]))
+    _check(checks, lambda: (tf.reduce_all((lengths >= 1) & (lengths <= shape[1])),
+                            [f"{len_name} must be in [1, T] where T is the time size of {x_name}; got", lengths,
+                             "with T =", shape[1]]))
+
+
+def _time_mask(lengths, x):
+    return tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float32)
+
+
+# -------------------------------------------------------------------------------------- endpoints
+
+def _specs(**dtypes):
+    return [tf.TensorSpec(None, dtype, name=name) for name, dtype in dtypes.items()]
+
+
+SCORE_SPECS = dict(x=tf.float32, lengths=tf.int32, seed=tf.int32)
+SAMPLE_SPECS = dict(num_samples=tf.int32, num_steps=tf.int32, seed=tf.int32, temperature=tf.float32)
+CONTINUE_SPECS = dict(prefix=tf.float32, prefix_lengths=tf.int32, num_steps=tf.int32, seed=tf.int32,
+                      temperature=tf.float32)
+
+
+def score_fn(model):
+    """The ``serving_default`` function: ``(x, lengths, seed) -> {elbo, nll, kl, num_steps}``."""
+    dim = model.input_dim
+
+    def score(x, lengths, seed):
+        checks = []
+        _check_sequences(checks, "x", x, "lengths", lengths, dim)
+        _check_seed(checks, seed)
+        x, lengths, seed = _after(checks, x, lengths, seed)
+        x = tf.ensure_shape(x, [None, None, dim])
+        lengths = tf.ensure_shape(lengths, [None])
+        seed = tf.ensure_shape(seed, [2])
+        out = model.score(x, _time_mask(lengths, x), seed)
+        return {"elbo": out["elbo"], "nll": out["nll"], "kl": out["kl"], "num_steps": out["num_steps"]}
+
+    return score
+
+
+def sample_fn(model, limits: Limits):
+    """The ``sample`` function: ``(num_samples, num_steps, seed, temperature) -> {samples}``."""
+
+    def sample(num_samples, num_steps, seed, temperature):
+        checks = []
+        num_samples = _check_scalar_int(checks, "num_samples", num_samples, 1, limits.max_samples,
+                                        "how many sequences to draw")
+        num_steps = _check_scalar_int(checks, "num_steps", num_steps, 1, limits.max_steps,
+                                      "steps per sequence")
+        _check_seed(checks, seed)
+        _check_temperature(checks, temperature)
+        num_samples, num_steps, seed, temperature = _after(checks, num_samples, num_steps, seed, temperature)
+        seed = tf.ensure_shape(seed, [2])
+        temperature = tf.ensure_shape(temperature, [])
+        return {"samples": model.generate(num_samples, num_steps, seed, temperature)}
+
+    return sample
+
+
+def continue_fn(model, limits: Limits):
+    """The ``continue`` function: ``(prefix, prefix_lengths, num_steps, seed, temperature) -> {continuations}``."""
+    dim = model.input_dim
+
+    def continue_(prefix, prefix_lengths, num_steps, seed, temperature):
+        checks = []
+        _check_sequences(checks, "prefix", prefix, "prefix_lengths", prefix_lengths, dim,
+                         max_batch=limits.max_samples, max_steps=limits.max_steps)
+        num_steps = _check_scalar_int(checks, "num_steps", num_steps, 1, limits.max_steps,
+                                      "steps to generate after each prefix")
+        _check_seed(checks, seed)
+        _check_temperature(checks, temperature)
+        prefix, prefix_lengths, num_steps, seed, temperature = _after(
+            checks, prefix, prefix_lengths, num_steps, seed, temperature)
+        prefix = tf.ensure_shape(prefix, [None, None, dim])
+        prefix_lengths = tf.ensure_shape(prefix_lengths, [None])
+        seed = tf.ensure_shape(seed, [2])
+        temperature = tf.ensure_shape(temperature, [])
+        return {"continuations": model.continue_sequences(prefix, prefix_lengths, num_steps, seed, temperature)}
+
+    return continue_
+
+
+def supports_continue(model) -> bool:
+    return callable(getattr(model, "continue_sequences", None))
+
+
+def build_archive(model, limits: Limits = Limits()):
+    """A ``keras.export.ExportArchive`` with the module's signatures for a built ``model``.
+
+    ``serving_default`` (scoring) is added first; ``continue`` only when the
+    model has ``continue_sequences``.
+    """
+    import keras
+
+    limits.validate()
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    # The first endpoint becomes serving_default; naming it so makes that explicit in the SignatureDefs.
+    archive.add_endpoint("serving_default", score_fn(model), input_signature=_specs(**SCORE_SPECS))
+    archive.add_endpoint("sample", sample_fn(model, limits), input_signature=_specs(**SAMPLE_SPECS))
+    if supports_continue(model):
+        archive.add_endpoint("continue", continue_fn(model, limits), input_signature=_specs(**CONTINUE_SPECS))
+    return archive
+
+
+def signature_info(model, limits: Limits) -> dict:
+    """What each signature takes and returns (written to ``tfhier_export.json``)."""
+    d, n_layers = model.input_dim, len(model.latent_layer_names)
+    info = {
+        "serving_default": {
+            "inputs": {"x": {"dtype": "float32", "shape": ["B", "T", d]},
+                       "lengths": {"dtype": "int32", "shape": ["B"], "range": "1..T"},
+                       "seed": {"dtype": "int32", "shape": [2]}},
+            "outputs": {"elbo": {"dtype": "float32", "shape": ["B"]},
+                        "nll": {"dtype": "float32", "shape": ["B"]},
+                        "kl": {"dtype": "float32", "shape": ["B", n_layers], "columns": model.latent_layer_names},
+                        "num_steps": {"dtype": "float32", "shape": ["B"]}},
+        },
+        "sample": {
+            "inputs": {"num_samples": {"dtype": "int32", "shape": [], "range": f"1..{limits.max_samples}"},
+                       "num_steps": {"dtype": "int32", "shape": [], "range": f"1..{limits.max_steps}"},
+                       "seed": {"dtype": "int32", "shape": [2]},
+                       "temperature": {"dtype": "float32", "shape": [], "range": "> 0"}},
+            "outputs": {"samples": {"dtype": "float32", "shape": ["num_samples", "num_steps", d]}},
+        },
+    }
+    if supports_continue(model):
+        info["continue"] = {
+            "inputs": {"prefix": {"dtype": "float32", "shape": ["B", "T0", d],
+                                  "range": f"B in 1..{limits.max_samples}, T0 in 1..{limits.max_steps}"},
+                       "prefix_lengths": {"dtype": "int32", "shape": ["B"], "range": "1..T0"},
+                       "num_steps": {"dtype": "int32", "shape": [], "range": f"1..{limits.max_steps}"},
+                       "seed": {"dtype": "int32", "shape": [2]},
+                       "temperature": {"dtype": "float32", "shape": [], "range": "> 0"}},
+            "outputs": {"continuations": {"dtype": "float32", "shape": ["B", "num_steps", d]}},
+        }
+    return info
+
+
+def write_saved_model(model, path, limits: Limits = Limits(), extra_files: Optional[dict] = None):
+    """Writes ``model``'s SavedModel to ``path`` (a new directory) plus ``assets.extra/<name>`` text files."""
+    archive = build_archive(model, limits)
+    archive.write_out(str(path), verbose=False)
+    if extra_files:
+        extra = os.path.join(str(path), ASSETS_EXTRA)
+        os.makedirs(extra, exist_ok=True)
+        for name, text in extra_files.items():
+            with open(os.path.join(extra, name), "w", encoding="utf-8") as f:
+                f.write(text)
+    return str(path)
+
+
+# ------------------------------------------------------------------------------- export of a run
+
+def sanitize_model_name(name: str) -> str:
+    """A TF Serving model name (letters, digits, ``_ . -``; URL-safe) from a run directory's name."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).lstrip("._-")
+    return cleaned or "model"
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_NAME.match(name or ""):
+        raise ExportError(f"--model_name={name!r} is not usable as a TF Serving model name: use letters, digits, "
+                          "'_', '.', '-', starting with a letter or digit (it becomes part of the REST URL)")
+    return name
+
+
+def existing_versions(model_dir) -> list:
+    """The integer version folders in ``model_dir`` (what TF Serving would consider), sorted."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(p) for p in os.listdir(model_dir)
+                  if p.isdigit() and os.path.isdir(os.path.join(model_dir, p)))
+
+
+def plan_export(run_dir, export_base, version: Optional[int] = None, model_name: Optional[str] = None):
+    """``(model_name, version, model_dir, version_dir)``, or ExportError; touches nothing.
+
+    Default name: the run directory's base name, sanitised; default version:
+    one above the highest existing integer version (1 if none).  An existing
+    version directory is never overwritten.
+    """
+    if not export_base:
+        raise ExportError("--export_base is empty; give the folder that holds <model_name>/<version>/ exports")
+    if os.path.exists(export_base) and not os.path.isdir(export_base):
+        raise ExportError(f"--export_base={export_base} exists and is not a directory")
+    if model_name is None:
+        model_name = sanitize_model_name(os.path.basename(os.path.normpath(os.path.abspath(str(run_dir)))))
+    check_model_name(model_name)
+    model_dir = os.path.join(str(export_base), model_name)
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ExportError(f"{model_dir} exists and is not a directory")
+    if version is None:
+        versions = existing_versions(model_dir)
+        version = versions[-1] + 1 if versions else 1
+    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"--version must be an integer >= 1, got {version!r}")
+    version_dir = os.path.join(model_dir, str(version))
+    if os.path.lexists(version_dir):
+        raise ExportError(f"{version_dir} already exists: refusing to overwrite version {version} of model "
+                          f"{model_name!r} (give another --version, or leave --version out to use "
+                          f"{(existing_versions(model_dir) or [0])[-1] + 1})")
+    return model_name, version, model_dir, version_dir
+
+
+@dataclasses.dataclass
+class ExportResult:
+    path: str  # the version directory
+    model_name: str
+    version: int
+    checkpoint: str
+    step: int
+    info: dict  # tfhier_export.json
+
+
+def export_run(run_dir, export_base, *, version: Optional[int] = None, model_name: Optional[str] = None,
+               limits: Limits = Limits(), checkpoint: Optional[str] = None) -> ExportResult:
+    """Exports run ``run_dir`` (latest checkpoint unless ``checkpoint``) to ``export_base/model_name/version``.
+
+    The SavedModel is written to a hidden temporary folder next to the
+    version folder and renamed into place once complete, so TF Serving never
+    sees a partial version and a crash leaves none (only, at worst, a
+    ``.tmp_export_*`` folder, which TF Serving ignores).
+
+    Raises :class:`tfhier.runs.RunError` for a bad run directory and
+    :class:`ExportError` for a bad destination, version or limits.
+    """
+    from tfhier import runs
+
+    limits.validate()
+    model_name, version, model_dir, version_dir = plan_export(run_dir, export_base, version, model_name)
+    config = runs.read_config(run_dir)
+    model, ckpt, step = runs.load_model(run_dir, checkpoint, config)
+    info = {
+        "format": "tfhier SavedModel export, version 1",
+        "model_name": model_name,
+        "version": version,
+        "run_dir": os.path.abspath(str(run_dir)),
+        "checkpoint": os.path.abspath(ckpt),
+        "checkpoint_step": step,
+        "model": config["model"],
+        "dataset": config["dataset"],
+        "kind": config.get("kind"),
+        "feature_dim": int(config["feature_dim"]),
+        "data_info": config.get("data_info", {}),
+        "latent_layers": list(model.latent_layer_names),
+        "time_multiple": int(model.time_multiple),
+        "limits": dataclasses.asdict(limits),
+        "signatures": signature_info(model, limits),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "tensorflow_version": tf.__version__,
+    }
+    if not supports_continue(model):
+        info["missing_signatures"] = {"continue": "the model has no continue_sequences method"}
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=model_dir, prefix=f".tmp_export_{version}_")
+    try:
+        saved = os.path.join(tmp, "saved_model")
+        write_saved_model(model, saved, limits, extra_files={
+            "config.json": json.dumps(config, indent=2) + "\n",
+            EXPORT_INFO_FILE: json.dumps(info, indent=2) + "\n",
+        })
+        if os.path.lexists(version_dir):  # appeared while we were writing
+            raise ExportError(f"{version_dir} appeared during the export: refusing to overwrite it")
+        os.rename(saved, version_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(path=version_dir, model_name=model_name, version=version, checkpoint=ckpt, step=step,
+                        info=info)
+
+
+__all__ = ["ASSETS_EXTRA", "DEFAULT_MAX_SAMPLES", "DEFAULT_MAX_STEPS", "EXPORT_INFO_FILE", "ExportError",
+           "ExportResult", "Limits", "SIGNATURE_NAMES", "build_archive", "check_model_name", "existing_versions",
+           "export_run", "plan_export", "sanitize_model_name", "signature_info", "supports_continue",
+           "write_saved_model"]
