@@ -34,7 +34,8 @@ flags.DEFINE_integer("iw_chunk", 1, "Importance samples per forward pass (memory
 flags.DEFINE_integer("batch_size", 16, "Sequences per forward pass (full-length sequences).")
 flags.DEFINE_integer("max_sequences", 0, "Evaluate only the first this many sequences of the split (0: all).")
 flags.DEFINE_integer("seed", 0, "Seed of the latent samples.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints/ckpt-N); default: the latest.")
+flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints/ckpt-N), or 'best' (the "
+                    "checkpoint with the best validation bound, R/best/); default: the latest.")
 flags.DEFINE_string("data_dir", None, "Overrides the run's --data_dir (if the data has moved since training).")
 
 

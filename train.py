@@ -125,7 +125,10 @@ def main(argv):
     # TF's own INFO lines (checkpoint sharding etc.) drown the progress bar; --verbosity=0 brings them back.
     # Set after importing TF, which resets the level.
     if FLAGS["verbosity"].using_default_value:
+        import logging as std_logging
+
         logging.set_verbosity(logging.WARNING)
+        logging.get_absl_handler().setLevel(std_logging.WARNING)
 
     settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
                                          for f in training.dataclasses.fields(training.TrainSettings)})

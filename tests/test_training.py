@@ -60,6 +60,13 @@ def test_train_writes_run_dir_and_resumes(tmp_path, data, capsys):
     assert (run / "flags.cfg").read_text() == "--seed=0\n"
     assert (run / "samples" / "step_0000004.png").stat().st_size > 0
     assert (run / "checkpoints" / "ckpt-4.index").exists()
+    # Early stopping: R/best holds the checkpoint of the lowest validation -ELBO per step so far.
+    val_acc, _ = event_tags(run / "logs" / "validation")
+    import tensorflow as tf
+
+    val = {e.step: float(tf.make_ndarray(e.tensor_proto)) for e in val_acc.Tensors("neg_elbo_per_step")}
+    best_step = min(val, key=val.get)
+    assert tf.train.latest_checkpoint(str(run / "best")).endswith(f"ckpt-{best_step}")
 
     # Every model weight is in the checkpoint under its path (not only via the optimizer's slots).
     import tensorflow as tf

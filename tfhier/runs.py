@@ -119,9 +119,10 @@ def read_flags(run_dir) -> dict:
         raise RunError(f"cannot read {path}: {e}") from None
 
 
-def latest_checkpoint(run_dir) -> str:
-    """Path prefix of the latest checkpoint in ``R/checkpoints``; RunError when there is none."""
-    ckpt_dir = os.path.join(_require_run_dir(run_dir), "checkpoints")
+def latest_checkpoint(run_dir, which="checkpoints") -> str:
+    """Path prefix of the latest checkpoint in ``R/checkpoints`` (or ``R/best`` with ``which='best'``:
+    the checkpoint with the best validation bound); RunError when there is none."""
+    ckpt_dir = os.path.join(_require_run_dir(run_dir), which)
     path = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
     if not path:
         raise RunError(f"--run_dir={run_dir} has no checkpoint in {ckpt_dir} (has the run saved one yet?)")
@@ -181,6 +182,8 @@ def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict]
     config = config or read_config(run_dir)
     if checkpoint is None:
         checkpoint = latest_checkpoint(run_dir)
+    elif checkpoint == "best":
+        checkpoint = latest_checkpoint(run_dir, "best")
     elif not tf.io.gfile.exists(str(checkpoint) + ".index"):
         raise RunError(f"--checkpoint={checkpoint}: no such checkpoint (expected {checkpoint}.index)")
     try:

@@ -5,6 +5,7 @@ A run directory ``R`` holds::
     R/config.json           what the run is: model name and config, dataset, data facts
     R/flags.cfg             the effective flags, usable as --flagfile
     R/checkpoints/ckpt-N.*  model weights, optimizer state, step, objective state (free-bits lambda)
+    R/best/ckpt-N.*         the checkpoint with the best validation -ELBO per step so far (early stopping)
     R/logs/train, R/logs/validation   TensorBoard event files
     R/samples/step_NNNNNNN.png        generated samples
 
@@ -200,15 +201,30 @@ class Checkpointer:
     """Checkpoints of model, optimizer (with its step) and objective state in ``run_dir/checkpoints``."""
 
     def __init__(self, run_dir, model, optimizer, objective, max_to_keep=3):
-        self.checkpoint = tf.train.Checkpoint(model=model_variables(model), optimizer=optimizer, objective=objective)
+        self.best_value = tf.Variable(np.inf, dtype=tf.float64, trainable=False, name="best_valid_neg_elbo_per_step")
+        self.checkpoint = tf.train.Checkpoint(model=model_variables(model), optimizer=optimizer, objective=objective,
+                                              best_valid_neg_elbo_per_step=self.best_value)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "checkpoints"),
                                                   max_to_keep=max_to_keep)
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "best"), max_to_keep=1)
         self.model = model
         self.optimizer = optimizer
 
     @property
     def step(self):
         return int(self.optimizer.iterations.numpy())
+
+    def save_if_best(self, valid_neg_elbo_per_step):
+        """Keeps the checkpoint with the lowest validation -ELBO per step in ``run_dir/best`` (early stopping).
+
+        The best value so far is a variable in the checkpoint, so a resumed run keeps comparing against it.
+        """
+        if not np.isfinite(valid_neg_elbo_per_step) or valid_neg_elbo_per_step >= float(self.best_value.numpy()):
+            return None
+        if not self.weights_finite():
+            return None
+        self.best_value.assign(valid_neg_elbo_per_step)
+        return self.best_manager.save(checkpoint_number=self.step)
 
     def restore_latest(self):
         """Restores the latest checkpoint if any; returns its path (or None)."""
@@ -338,6 +354,7 @@ class TrainingMonitor(keras.callbacks.Callback):
                 for name, value in val.items():
                     tf.summary.scalar(metric_tag(name), float(value))
             self.valid_writer.flush()
+            self.checkpointer.save_if_best(float(val["neg_elbo_per_step"]))
 
     def on_train_end(self, logs=None):
         if not self.failed:
