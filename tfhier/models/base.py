@@ -2,18 +2,25 @@
 
 A model is a :class:`SequenceModel` (a ``keras.Model``) that implements
 
-* ``forward(x, mask, *, seed, latents='posterior', temperature=1.0, training=False)
-  -> ModelOutput``: one pass over a batch; latent variables are drawn from the
-  posteriors (scoring, training) or from the priors (generation, causality
-  checks) with stateless noise from ``seed`` (int32 [2]);
+* ``forward(x, mask, *, seed, latents='posterior', temperature=1.0, training=False,
+  observed_lengths=None) -> ModelOutput``: one pass over a batch; latent
+  variables are drawn from the posteriors (scoring, training) or from the
+  priors (generation, causality checks), or, with ``observed_lengths``, from
+  the posteriors for the latent steps the observed prefix covers and the
+  priors elsewhere (priming, see :func:`primed_latent_mask`), with stateless
+  noise from ``seed`` (int32 [2]) drawn by :func:`latent_noise`;
 * ``latent_layer_names``: one name per latent layer, closest to the data first.
 
 and gets from this class:
 
 * ``score(x, mask, seed)``: per-sequence ELBO, NLL, KL per layer, steps;
-* ``generate(num_samples, num_steps, seed, temperature)``: samples, by the
-  naive method (re-running ``forward`` over the whole buffer at every step,
-  cost quadratic in the length) unless the model overrides it;
+* ``generate(num_samples, num_steps, seed, temperature)`` and
+  ``continue_sequences(prefix, prefix_lengths, num_steps, seed, temperature)``:
+  samples, by default by the naive reference method (``generate_naive`` /
+  ``continue_sequences_naive``: re-running ``forward`` over the whole buffer at
+  every step, cost quadratic in the length); models with a cached generator
+  (MS-STCN: :mod:`tfhier.generation`) override the two.  Both kinds follow the
+  noise contract below, so for the same seed they give the same sequences;
 * ``train_step`` / ``test_step`` for ``fit`` / ``evaluate``, with the loss of
   :class:`tfhier.objectives.Objective` given to ``compile``.
 
@@ -22,6 +29,19 @@ it unchanged: the per-sequence loss is averaged over the *global* batch
 (``tf.nn.compute_average_loss``), gradients are clipped by the optimizer's
 ``global_clipnorm`` after aggregation, and every reported number is a Keras
 metric.
+
+Generation noise contract (what makes cached and naive generators agree, and
+``generate(N, 700)`` the first 700 steps of ``generate(N, 1400)``, in and out
+of a SavedModel): from the call's ``seed`` (int32 [2]),
+
+* latent noise: ``eps`` of layer l is ``latent_noise(stateless_seed(seed, 0), l, T_l, B, Z_l)``,
+  drawn time-major so the value for (sample b, step tau) does not depend on
+  how many steps T_l are drawn (:func:`latent_noise`); latent step tau uses
+  ``z = mu_p + temperature * sigma_p * eps[tau]`` (prior) or
+  ``z = mu_q + sigma_q * eps[tau]`` (posterior, primed steps);
+* output step t (absolute position in the sequence, prefix included) is drawn
+  by ``head.distribution(eta_t, temperature).sample(seed=stateless_seed(seed, 1, t))``
+  (:func:`output_step_seed`).
 """
 
 from __future__ import annotations
@@ -58,6 +78,47 @@ def stateless_seed(seed, *salts):
     return seed
 
 
+def output_step_seed(seed, t):
+    """Seed of the head's draw for output step ``t`` of a generation call with ``seed`` (see the module doc)."""
+    return stateless_seed(seed, 1, t)
+
+
+def generation_latent_seed(seed):
+    """Seed ``forward`` gets for the latent noise of a generation call with ``seed``."""
+    return stateless_seed(seed, 0)
+
+
+def latent_noise(seed, layer, num_steps, batch, dim):
+    """Standard normal noise of latent layer ``layer``, time-major ``[num_steps, batch, dim]``.
+
+    TensorFlow's stateless normal (Philox, counter-based) gives element i of
+    the flattened output the same value whatever the total size, so with time
+    as the leading axis the noise of (step tau, sample b) is the same however
+    many steps are drawn: a generator that knows its final length draws once,
+    and a forward pass over any padded buffer sees the same values.  (XLA's
+    implementation of the op draws another, equally valid, stream.)
+    """
+    return tf.random.stateless_normal(tf.stack([num_steps, batch, dim]), seed=stateless_seed(seed, layer))
+
+
+def primed_latent_mask(observed_lengths, factor, num_steps):
+    """``[B, T_l]`` bool: latent step tau of a layer with total factor ``factor`` is drawn from the posterior.
+
+    Priming rule: step tau serves fine steps ``[factor*tau, factor*(tau+1))``.
+    When that whole span lies inside the observed prefix
+    (``factor*(tau+1) <= observed_length``), z is drawn from the approximate
+    posterior q(z | prefix), else from the prior.  The prior of step tau only
+    sees data before ``factor*tau`` (the Delay of eq. 10): drawing the slow
+    latents of a fully observed span from it would ignore what the prefix says
+    about them (e.g. a handwriting line's style), so a continuation would not
+    follow the prefix.  A partly observed span still uses the prior: q would
+    need the unobserved rest of the span.
+    """
+    taus = tf.range(num_steps)
+    lengths = tf.cast(observed_lengths, tf.int32)
+    return factor * (taus[None, :] + 1) <= lengths[:, None]
+
+
 def latent_normal(params):
     """Eq. (11)/(13): ``[mu, sigma_pre]`` -> element-wise Normal with the A.2 clamped softplus scale."""
     from tfhier.heads import gaussian_scale
@@ -91,6 +152,32 @@ def apply_if_finite(optimizer, grads, variables, finite):
     replica.merge_call(cross_replica, args=(grads, all_finite))
 
 
+def gather_continuations(sequences, lengths, num_steps):
+    """``sequences[b, lengths[b] : lengths[b] + num_steps]`` for every row b: ``[B, num_steps, D]``."""
+    idx = tf.cast(lengths, tf.int32)[:, None] + tf.range(num_steps)[None, :]
+    return tf.gather(sequences, idx, batch_dims=1)
+
+
+def graph_call(model, key, fn, *args):
+    """``fn(*args)``: traced in place inside a tf.function, else through a cached tf.function of ``model``.
+
+    Inside a function being traced (a caller's tf.function, an ExportArchive
+    endpoint) Python ints stay Python ints, so shapes can be static (XLA).
+    Eagerly, the arguments become tensors and one graph per (model, key) is
+    traced and reused (graph mode is far faster than eager for these loops);
+    the cache is set on the instance past Keras' attribute tracking, so nothing extra is tracked or exported.
+    """
+    if tf.inside_function():
+        return fn(*args)
+    functions = model.__dict__.get("_tfhier_graph_functions")
+    if functions is None:
+        functions = {}
+        object.__setattr__(model, "_tfhier_graph_functions", functions)
+    if key not in functions:
+        functions[key] = tf.function(fn, reduce_retracing=True, autograph=False)
+    return functions[key](*[None if a is None else tf.convert_to_tensor(a) for a in args])
+
+
 class SequenceModel(keras.Model):
     """Base class of all tfhier models (see the module docstring)."""
 
@@ -108,7 +195,8 @@ class SequenceModel(keras.Model):
     def latent_layer_names(self) -> list:
         raise NotImplementedError
 
-    def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False) -> ModelOutput:
+    def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
+                observed_lengths=None) -> ModelOutput:
         raise NotImplementedError
 
     # -- shared ----------------------------------------------------------------------
@@ -133,34 +221,72 @@ class SequenceModel(keras.Model):
         """Draws one step from the head's distribution for parameters ``eta`` [N, P]."""
         return self.head.distribution(eta, temperature).sample(seed=seed)
 
+    # -- generation ------------------------------------------------------------------
+    # All four methods take tensors or Python values, trace inside tf.function / ExportArchive endpoints
+    # (tf.while_loop, no autograph) and use stateless noise only (see the module doc). Called eagerly,
+    # they run through a cached tf.function.
+
     def generate(self, num_samples, num_steps, seed, temperature=1.0):
-        """Samples [num_samples, num_steps, D] by re-running ``forward`` at every step.
+        """Samples float32 ``[num_samples, num_steps, D]``; the naive method unless a model overrides it."""
+        return self.generate_naive(num_samples, num_steps, seed, temperature)
 
-        Latent noise is fixed for the whole call (drawn once from ``seed``), so
-        a latent step keeps its value however often it is recomputed; with a
-        causal model its prior parameters do not change either, so this is an
-        exact (if slow) sampler of the model.
+    def continue_sequences(self, prefix, prefix_lengths, num_steps, seed, temperature=1.0):
+        """The ``num_steps`` steps following each prefix, float32 ``[B, num_steps, D]``.
+
+        ``prefix`` [B, T0, D] holds row b's observed steps in ``[:prefix_lengths[b]]``
+        (1 <= length <= T0; the rest is padding and ignored).  Latent steps
+        the prefix covers entirely come from the posterior (see
+        :func:`primed_latent_mask`).  The naive method unless a model overrides it.
         """
-        return self._naive_generate(tf.convert_to_tensor(num_samples, tf.int32),
-                                    tf.convert_to_tensor(num_steps, tf.int32),
-                                    tf.cast(seed, tf.int32), tf.convert_to_tensor(temperature, tf.float32))
+        return self.continue_sequences_naive(prefix, prefix_lengths, num_steps, seed, temperature)
 
-    @tf.function(reduce_retracing=True)
-    def _naive_generate(self, num_samples, num_steps, seed, temperature):
+    def generate_naive(self, num_samples, num_steps, seed, temperature=1.0):
+        """Reference sampler: re-runs ``forward`` over the whole buffer at every step.
+
+        Latent noise is fixed for the whole call, so a latent step keeps its
+        value however often it is recomputed; with a causal model its prior
+        parameters do not change either, so this is an exact (if slow, cost
+        quadratic in the length) sampler of the model.
+        """
+        return graph_call(self, "generate_naive", lambda n, t, s, temp: self._naive_sample(
+            None, None, t, s, temp, num_samples=n), num_samples, num_steps, seed, temperature)
+
+    def continue_sequences_naive(self, prefix, prefix_lengths, num_steps, seed, temperature=1.0):
+        """Reference continuation (see :meth:`continue_sequences` and :meth:`generate_naive`)."""
+        return graph_call(self, "continue_naive", self._naive_sample, prefix, prefix_lengths, num_steps, seed,
+                          temperature)
+
+    def _naive_sample(self, prefix, prefix_lengths, num_steps, seed, temperature, num_samples=None):
+        seed = tf.cast(seed, tf.int32)
+        temperature = tf.cast(temperature, tf.float32)
+        num_steps = tf.cast(num_steps, tf.int32)
+        primed = prefix is not None
+        if primed:
+            prefix = tf.cast(prefix, tf.float32)
+            lengths = tf.cast(prefix_lengths, tf.int32)
+            b, t0 = tf.shape(prefix)[0], tf.shape(prefix)[1]
+            prefix = prefix * tf.sequence_mask(lengths, t0, dtype=tf.float32)[..., None]
+        else:
+            b, t0 = tf.cast(num_samples, tf.int32), 0
+            lengths = tf.zeros([b], tf.int32)
+            prefix = tf.zeros([b, 0, self.input_dim])
         m = self.time_multiple
-        t_pad = (num_steps + m - 1) // m * m
-        buffer = tf.zeros([num_samples, t_pad, self.input_dim])
-        ones = tf.ones([num_samples, t_pad])
-        latent_seed = stateless_seed(seed, 0)
+        t_pad = (t0 + num_steps + m - 1) // m * m
+        buffer = tf.pad(prefix, [[0, 0], [0, t_pad - t0], [0, 0]])
+        ones = tf.ones([b, t_pad])
+        latent_seed = generation_latent_seed(seed)
+        positions = tf.range(t_pad)
 
         def body(t, buffer):
-            out = self.forward(buffer, ones, seed=latent_seed, latents="prior", temperature=temperature)
-            y_t = self.sample_step(out.likelihood_params[:, t], stateless_seed(seed, 1, t), temperature)
-            update = tf.one_hot(t, t_pad)[None, :, None] * (y_t[:, None, :] - buffer)
-            return t + 1, buffer + update
+            out = self.forward(buffer, ones, seed=latent_seed, latents="prior", temperature=temperature,
+                               observed_lengths=lengths if primed else None)
+            y_t = self.sample_step(out.likelihood_params[:, t], output_step_seed(seed, t), temperature)
+            y_t = tf.where((t < lengths)[:, None], buffer[:, t], y_t)
+            return t + 1, tf.where((positions == t)[None, :, None], y_t[:, None, :], buffer)
 
-        _, buffer = tf.while_loop(lambda t, _: t < num_steps, body, [tf.constant(0), buffer])
-        return buffer[:, :num_steps]
+        stop = tf.reduce_max(lengths) + num_steps if primed else num_steps
+        _, buffer = tf.while_loop(lambda t, _: t < stop, body, [tf.reduce_min(lengths), buffer])
+        return gather_continuations(buffer, lengths, num_steps)
 
     # -- training ----------------------------------------------------------------------
     def compile(self, optimizer, objective: objectives.Objective, **kwargs):

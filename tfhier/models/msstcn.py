@@ -51,7 +51,8 @@ import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, WaveNet
 from tfhier.heads import make_head
-from tfhier.models.base import ModelOutput, SequenceModel, latent_normal, stateless_seed
+from tfhier.models.base import (ModelOutput, SequenceModel, graph_call, latent_noise, latent_normal,
+                                primed_latent_mask)
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
@@ -137,23 +138,42 @@ class MSSTCN(SequenceModel):
                 "td_blocks": self.td_blocks, "kernel_size": self.kernel_size, "gen_post": self.gen_post,
                 "downsampling": self.downsampling, "noise_seed": self.noise_seed}
 
-    def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False) -> ModelOutput:
+    def bottom_up_features(self, y):
+        """Eq. (8) on ``y`` [B, T, D] (T a multiple of ``time_multiple``, padding zeroed): ``[d^(1), ..., d^(L)]``,
+        ``d^(l)`` of shape [B, T / S^(l), C_l]."""
+        d = []
+        a = self.input_proj(y)
+        for block in self.bottom_up:
+            a = block(a)
+            d.append(a)
+        return d
+
+    def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
+                observed_lengths=None) -> ModelOutput:
+        """One pass; see :class:`tfhier.models.base.SequenceModel`.
+
+        ``latents='posterior'``: z ~ q everywhere (scoring, training).  ``'prior'``:
+        z ~ p with the noise scaled by ``temperature``; with ``observed_lengths``
+        [B] (priming a continuation), z ~ q for the latent steps whose whole
+        span of fine steps lies inside row b's observed prefix
+        (``S^(l)*(tau+1) <= observed_lengths[b]``) and z ~ p elsewhere: see
+        :func:`tfhier.models.base.primed_latent_mask` for the rule and why.
+        Noise: :func:`tfhier.models.base.latent_noise` (independent of T).
+        """
         if latents not in ("posterior", "prior"):
             raise ValueError(f"latents must be 'posterior' or 'prior', got {latents!r}")
+        if observed_lengths is not None and latents != "prior":
+            raise ValueError("observed_lengths (priming) goes with latents='prior'")
         x = tf.convert_to_tensor(x, tf.float32)
         mask = tf.cast(mask, tf.float32)
-        t = tf.shape(x)[1]
+        b, t = tf.shape(x)[0], tf.shape(x)[1]
         t_pad = (t + self.time_multiple - 1) // self.time_multiple * self.time_multiple
         # Zero padded steps so garbage in padding cannot reach any real step.
         y = tf.pad(x * mask[..., None], [[0, 0], [0, t_pad - t], [0, 0]])
         lengths = tf.reduce_sum(mask, axis=-1)
 
         # Bottom-up, eq. (8).
-        d = []
-        a = self.input_proj(y)
-        for block in self.bottom_up:
-            a = block(a)
-            d.append(a)
+        d = self.bottom_up_features(y)
 
         # Top-down, eqs. (9)-(13).
         n = len(d)
@@ -164,16 +184,19 @@ class MSSTCN(SequenceModel):
             h = self.top_down_h[l](delayed if g is None else tf.concat([g, delayed], axis=-1))
             prior = latent_normal(self.prior_proj[l](h))
             posterior = latent_normal(self.posterior_proj[l](tf.concat([h, d[l]], axis=-1)))
-            eps = tf.random.stateless_normal(tf.shape(prior.loc), seed=stateless_seed(seed, l))
+            steps_l = t_pad // self.factors[l]
+            eps = tf.transpose(latent_noise(seed, l, steps_l, b, self.latent_dims[l]), [1, 0, 2])
             if latents == "posterior":
                 z = posterior.loc + posterior.scale * eps
             else:
                 z = prior.loc + prior.scale * (temperature * eps)
+                if observed_lengths is not None:
+                    primed = primed_latent_mask(observed_lengths, self.factors[l], steps_l)
+                    z = tf.where(primed[..., None], posterior.loc + posterior.scale * eps, z)
             if self.gen_post == "conditional":
                 g = self.top_down_g[l](h, z)
             else:
                 g = self.top_down_g[l](tf.concat([h, z], axis=-1))
-            steps_l = t_pad // self.factors[l]
             latent_masks[l] = tf.sequence_mask(
                 tf.cast(tf.math.ceil(lengths / self.factors[l]), tf.int32), steps_l, dtype=tf.float32)
             posteriors[l], priors[l], zs[l] = posterior, prior, z
@@ -181,3 +204,23 @@ class MSSTCN(SequenceModel):
         eta = self.head(g)[:, :t]
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta,
                            posteriors=posteriors, priors=priors, latents=zs, latent_masks=latent_masks)
+
+    # -- cached generation (tfhier.generation) ------------------------------------------
+    def generate(self, num_samples, num_steps, seed, temperature=1.0):
+        """Samples float32 ``[num_samples, num_steps, D]`` with the cached generator
+        (:class:`tfhier.generation.MSSTCNGenerator`): the distribution of :meth:`generate_naive`, and for the
+        same seed the same sequences, at a constant cost per step."""
+        return graph_call(self, "generate", lambda n, t, s, temp: self.generator().sample(n, t, s, temp),
+                          num_samples, num_steps, seed, temperature)
+
+    def continue_sequences(self, prefix, prefix_lengths, num_steps, seed, temperature=1.0):
+        """Continuations ``[B, num_steps, D]`` with the cached generator (see
+        :meth:`tfhier.models.base.SequenceModel.continue_sequences` for the arguments and priming rule)."""
+        return graph_call(self, "continue", lambda p, pl, t, s, temp: self.generator().continue_sequences(
+            p, pl, t, s, temp), prefix, prefix_lengths, num_steps, seed, temperature)
+
+    def generator(self, **options):
+        """A :class:`tfhier.generation.MSSTCNGenerator` for this (built) model."""
+        from tfhier.generation import MSSTCNGenerator
+
+        return MSSTCNGenerator(self, **options)
