@@ -30,8 +30,9 @@ shapes would move these checks out of the graph: the Python loaders reject a
 mismatching feed before the graph runs (with a ``ValueError`` that says
 nothing about the model), and graph optimizers may fold shape checks into
 constants from the declared shape.  Every check runs before any tensor sized
-by ``num_steps`` or ``num_samples`` is allocated: all inputs reach the model
-only through ``tf.identity`` ops that carry control dependencies on the checks.
+by ``num_steps`` or ``num_samples`` is allocated: the model (and each later
+check) reads the inputs only through Identity ops that carry control
+dependencies on the checks made so far (:class:`Checks` says why it is done so).
 
 Padding: a batch of ``x`` (or ``prefix``) rows of different lengths is padded
 to the longest; ``lengths`` says how many steps of each row are real.  Padded
@@ -49,7 +50,23 @@ import tempfile
 import time
 from typing import Optional
 
-import tensorflow as tf
+
+class _LazyTensorFlow:
+    """Stands for the ``tensorflow`` module until first used, then replaces itself with it.
+
+    Planning an export (:func:`plan_export`: names, versions, refusing to
+    overwrite) needs no TensorFlow, so ``export.py`` refuses a bad destination
+    without the seconds that importing TensorFlow takes.
+    """
+
+    def __getattr__(self, name):
+        import tensorflow
+
+        globals()["tf"] = tensorflow
+        return getattr(tensorflow, name)
+
+
+tf = _LazyTensorFlow()
 
 #: defaults of ``export.py --max_steps`` / ``--max_samples``
 DEFAULT_MAX_STEPS = 5000
@@ -82,102 +99,105 @@ class Limits:
 
 
 # ------------------------------------------------------------------------------------ in-graph checks
+#
+# Ordering: a check must run before anything that would fail (with a less helpful message) or allocate
+# on the input it checks.  Control dependencies alone are not enough here: Grappler's constant folding
+# (on in TF Serving's sessions as in tf.function calls) was seen to run an op whose control dependency
+# on a failing Assert sat on its Const inputs or that was an EnsureShape, before the Assert.  So every
+# tensor that a later check or the model uses is a *data* consumer of an Identity that carries control
+# dependencies on all checks made so far (``Checks.gate``), the pattern Grappler keeps in order; static
+# shapes are restored with Reshape (not EnsureShape).
 
-def _check(checks, make):
-    """Appends ``Assert(*make())`` to ``checks``; every op ``make`` creates runs after the previous checks.
 
-    ``make`` returns ``(condition, data)``.  Building the condition inside the
-    control-dependency scope matters: a later check may index a shape the
-    earlier one validated (``tf.shape(x)[2]`` after the rank check), and that
-    op must not run (and fail with an unhelpful message) before it.
+class Checks:
+    """The Asserts of one endpoint, in the order they are made."""
+
+    def __init__(self):
+        self.ops = []
+
+    def require(self, condition, *message):
+        """Fails with InvalidArgument ``assertion failed: [message...]`` unless ``condition`` (bool scalar)."""
+        self.ops.append(tf.debugging.Assert(condition, list(message), summarize=8))
+
+    def gate(self, *tensors):
+        """``tensors`` through Identities that run only after every check so far has passed."""
+        with tf.control_dependencies(self.ops):
+            out = tuple(tf.identity(t) for t in tensors)
+        return out if len(out) > 1 else out[0]
+
+
+def check_scalar_int(checks: Checks, name, value, low, high, what):
+    """Rank 0 and ``low <= value <= high``; returns the gated value with static shape []."""
+    checks.require(tf.equal(tf.rank(value), 0), f"{name} must be a scalar int32 ({what}); got shape",
+                   tf.shape(value))
+    v = tf.reshape(checks.gate(value), [])
+    checks.require((v >= low) & (v <= high), f"{name} must be an integer in [{low}, {high}] ({what}); got", v)
+    return checks.gate(v)
+
+
+def check_seed(checks: Checks, seed):
+    """Shape [2]; returns the gated seed with static shape [2]."""
+    checks.require(tf.equal(tf.rank(seed), 1) & tf.equal(tf.size(seed), 2),
+                   "seed must be two int32 numbers, shape [2]; got shape", tf.shape(seed))
+    return tf.reshape(checks.gate(seed), [2])
+
+
+def check_temperature(checks: Checks, temperature):
+    """A finite scalar > 0; returns the gated value with static shape []."""
+    checks.require(tf.equal(tf.rank(temperature), 0),
+                   "temperature must be a float32 scalar > 0 (1: the model itself); got shape", tf.shape(temperature))
+    t = tf.reshape(checks.gate(temperature), [])
+    # NaN and +inf fail too.
+    checks.require((t > 0.0) & tf.math.is_finite(t),
+                   "temperature must be a finite number > 0 (1: the model itself); got", t)
+    return checks.gate(t)
+
+
+def check_sequences(checks: Checks, x_name, x, len_name, lengths, dim, max_batch=None, max_steps=None):
+    """A padded batch ``x`` [B, T, dim] and its ``lengths`` [B] (1 <= length <= T).
+
+    Returns gated ``(x, lengths)`` with static shapes [None, None, dim] and [None].
     """
-    with tf.control_dependencies(checks[-1:]):
-        condition, data = make()
-        checks.append(tf.debugging.Assert(condition, list(data), summarize=8))
-
-
-def _after(checks, *tensors):
-    """``tensors`` passed through identities that depend on every check in ``checks``."""
-    with tf.control_dependencies(checks):
-        out = tuple(tf.identity(t) for t in tensors)
-    return out if len(out) > 1 else out[0]
-
-
-def _check_scalar_int(checks, name, value, low, high, what):
-    """Rank 0 and ``low <= value <= high``; returns the value with static rank 0 (after the checks)."""
-    _check(checks, lambda: (tf.equal(tf.rank(value), 0),
-                            [f"{name} must be a scalar int32 ({what}); got shape", tf.shape(value)]))
-
-    def in_range():
-        v = tf.reshape(value, [])
-        return (v >= low) & (v <= high), [f"{name} must be an integer in [{low}, {high}] ({what}); got", v]
-
-    _check(checks, in_range)
-    with tf.control_dependencies(checks):
-        return tf.reshape(value, [])
-
-
-def _check_seed(checks, seed):
-    _check(checks, lambda: (tf.equal(tf.rank(seed), 1) & tf.equal(tf.size(seed), 2),
-                            ["seed must be two int32 numbers, shape [2]; got shape", tf.shape(seed)]))
-
-
-def _check_temperature(checks, temperature):
-    _check(checks, lambda: (tf.equal(tf.rank(temperature), 0),
-                            ["temperature must be a float32 scalar > 0 (1: the model itself); got shape",
-                             tf.shape(temperature)]))
-
-    def positive():
-        t = tf.reshape(temperature, [])
-        # NaN and +inf fail too.
-        return (t > 0.0) & tf.math.is_finite(t), ["temperature must be a finite number > 0 (1: the model itself); "
-                                                  "got", t]
-
-    _check(checks, positive)
-
-
-def _check_sequences(checks, x_name, x, len_name, lengths, dim, max_batch=None, max_steps=None):
-    """Checks a padded batch ``x`` [B, T, dim] and its ``lengths`` [B] (1 <= length <= T)."""
-    shape = tf.shape(x)
-    _check(checks, lambda: (tf.equal(tf.rank(x), 3),
-                            [f"{x_name} must have rank 3, shape [batch, time, {dim}]; got shape", shape]))
-    _check(checks, lambda: (tf.equal(shape[2], dim),
-                            [f"{x_name} must have {dim} features per step, shape [batch, time, {dim}]; got shape",
-                             shape]))
-    _check(checks, lambda: ((shape[0] >= 1) & (shape[1] >= 1),
-                            [f"{x_name} must hold at least one sequence of at least one step; got shape", shape]))
+    checks.require(tf.equal(tf.rank(x), 3),
+                   f"{x_name} must have rank 3, shape [batch, time, {dim}]; got shape", tf.shape(x))
+    shape = tf.shape(checks.gate(x))  # rank 3 from here on
+    checks.require(tf.equal(shape[2], dim),
+                   f"{x_name} must have {dim} features per step, shape [batch, time, {dim}]; got shape", shape)
+    checks.require((shape[0] >= 1) & (shape[1] >= 1),
+                   f"{x_name} must hold at least one sequence of at least one step; got shape", shape)
     if max_batch is not None:
-        _check(checks, lambda: (shape[0] <= max_batch,
-                                [f"{x_name} may hold at most {max_batch} sequences (max_samples of this export); "
-                                 "got shape", shape]))
+        checks.require(shape[0] <= max_batch,
+                       f"{x_name} may hold at most {max_batch} sequences (max_samples of this export); got shape",
+                       shape)
     if max_steps is not None:
-        _check(checks, lambda: (shape[1] <= max_steps,
-                                [f"{x_name} may have at most {max_steps} steps (max_steps of this export); "
-                                 "got shape", shape]))
-    _check(checks, lambda: (tf.reduce_all(tf.math.is_finite(x)),
-                            [f"{x_name} must be finite (no NaN or Inf, padding included)"]))
-    _check(checks, lambda: (tf.equal(tf.rank(lengths), 1) & tf.equal(tf.size(lengths), shape[0]),
-                            [f"{len_name} must have shape [batch], one length per sequence of {x_name}; got shape",
-                             tf.shape(lengths), f"for {x_name} of shape", shape]))
-    _check(checks, lambda: (tf.reduce_all((lengths >= 1) & (lengths <= shape[1])),
-                            [f"{len_name} must be in [1, T] where T is the time size of {x_name}; got", lengths,
-                             "with T =", shape[1]]))
-
-
-def _time_mask(lengths, x):
-    return tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float32)
+        checks.require(shape[1] <= max_steps,
+                       f"{x_name} may have at most {max_steps} steps (max_steps of this export); got shape", shape)
+    checks.require(tf.reduce_all(tf.math.is_finite(checks.gate(x))),
+                   f"{x_name} must be finite (no NaN or Inf, padding included)")
+    checks.require(tf.equal(tf.rank(lengths), 1) & tf.equal(tf.size(lengths), shape[0]),
+                   f"{len_name} must have shape [batch], one length per sequence of {x_name}; got shape",
+                   tf.shape(lengths), f"for {x_name} of shape", shape)
+    gated = tf.reshape(checks.gate(lengths), [-1])
+    checks.require(tf.reduce_all((gated >= 1) & (gated <= shape[1])),
+                   f"{len_name} must be in [1, T] where T is the time size of {x_name}; got", gated, "with T =",
+                   shape[1])
+    x, lengths = checks.gate(x, lengths)
+    # Static shapes for the model: a Pack of scalars (a concat of a slice would leave the rank unknown).
+    x = tf.reshape(x, tf.stack([shape[0], shape[1], dim]))
+    return x, tf.reshape(lengths, [-1])
 
 
 # -------------------------------------------------------------------------------------- endpoints
 
 def _specs(**dtypes):
-    return [tf.TensorSpec(None, dtype, name=name) for name, dtype in dtypes.items()]
+    """Input specs of unknown shape (see the module docstring) in argument order."""
+    return [tf.TensorSpec(None, tf.as_dtype(dtype), name=name) for name, dtype in dtypes.items()]
 
 
-SCORE_SPECS = dict(x=tf.float32, lengths=tf.int32, seed=tf.int32)
-SAMPLE_SPECS = dict(num_samples=tf.int32, num_steps=tf.int32, seed=tf.int32, temperature=tf.float32)
-CONTINUE_SPECS = dict(prefix=tf.float32, prefix_lengths=tf.int32, num_steps=tf.int32, seed=tf.int32,
-                      temperature=tf.float32)
+SCORE_SPECS = dict(x="float32", lengths="int32", seed="int32")
+SAMPLE_SPECS = dict(num_samples="int32", num_steps="int32", seed="int32", temperature="float32")
+CONTINUE_SPECS = dict(prefix="float32", prefix_lengths="int32", num_steps="int32", seed="int32",
+                      temperature="float32")
 
 
 def score_fn(model):
@@ -185,14 +205,12 @@ def score_fn(model):
     dim = model.input_dim
 
     def score(x, lengths, seed):
-        checks = []
-        _check_sequences(checks, "x", x, "lengths", lengths, dim)
-        _check_seed(checks, seed)
-        x, lengths, seed = _after(checks, x, lengths, seed)
-        x = tf.ensure_shape(x, [None, None, dim])
-        lengths = tf.ensure_shape(lengths, [None])
-        seed = tf.ensure_shape(seed, [2])
-        out = model.score(x, _time_mask(lengths, x), seed)
+        checks = Checks()
+        x, lengths = check_sequences(checks, "x", x, "lengths", lengths, dim)
+        seed = check_seed(checks, seed)
+        x, lengths, seed = checks.gate(x, lengths, seed)
+        mask = tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float32)
+        out = model.score(x, mask, seed)
         return {"elbo": out["elbo"], "nll": out["nll"], "kl": out["kl"], "num_steps": out["num_steps"]}
 
     return score
@@ -202,16 +220,13 @@ def sample_fn(model, limits: Limits):
     """The ``sample`` function: ``(num_samples, num_steps, seed, temperature) -> {samples}``."""
 
     def sample(num_samples, num_steps, seed, temperature):
-        checks = []
-        num_samples = _check_scalar_int(checks, "num_samples", num_samples, 1, limits.max_samples,
-                                        "how many sequences to draw")
-        num_steps = _check_scalar_int(checks, "num_steps", num_steps, 1, limits.max_steps,
-                                      "steps per sequence")
-        _check_seed(checks, seed)
-        _check_temperature(checks, temperature)
-        num_samples, num_steps, seed, temperature = _after(checks, num_samples, num_steps, seed, temperature)
-        seed = tf.ensure_shape(seed, [2])
-        temperature = tf.ensure_shape(temperature, [])
+        checks = Checks()
+        num_samples = check_scalar_int(checks, "num_samples", num_samples, 1, limits.max_samples,
+                                       "how many sequences to draw")
+        num_steps = check_scalar_int(checks, "num_steps", num_steps, 1, limits.max_steps, "steps per sequence")
+        seed = check_seed(checks, seed)
+        temperature = check_temperature(checks, temperature)
+        num_samples, num_steps, seed, temperature = checks.gate(num_samples, num_steps, seed, temperature)
         return {"samples": model.generate(num_samples, num_steps, seed, temperature)}
 
     return sample
@@ -222,19 +237,15 @@ def continue_fn(model, limits: Limits):
     dim = model.input_dim
 
     def continue_(prefix, prefix_lengths, num_steps, seed, temperature):
-        checks = []
-        _check_sequences(checks, "prefix", prefix, "prefix_lengths", prefix_lengths, dim,
-                         max_batch=limits.max_samples, max_steps=limits.max_steps)
-        num_steps = _check_scalar_int(checks, "num_steps", num_steps, 1, limits.max_steps,
-                                      "steps to generate after each prefix")
-        _check_seed(checks, seed)
-        _check_temperature(checks, temperature)
-        prefix, prefix_lengths, num_steps, seed, temperature = _after(
-            checks, prefix, prefix_lengths, num_steps, seed, temperature)
-        prefix = tf.ensure_shape(prefix, [None, None, dim])
-        prefix_lengths = tf.ensure_shape(prefix_lengths, [None])
-        seed = tf.ensure_shape(seed, [2])
-        temperature = tf.ensure_shape(temperature, [])
+        checks = Checks()
+        prefix, prefix_lengths = check_sequences(checks, "prefix", prefix, "prefix_lengths", prefix_lengths, dim,
+                                                 max_batch=limits.max_samples, max_steps=limits.max_steps)
+        num_steps = check_scalar_int(checks, "num_steps", num_steps, 1, limits.max_steps,
+                                     "steps to generate after each prefix")
+        seed = check_seed(checks, seed)
+        temperature = check_temperature(checks, temperature)
+        prefix, prefix_lengths, num_steps, seed, temperature = checks.gate(
+            prefix, prefix_lengths, num_steps, seed, temperature)
         return {"continuations": model.continue_sequences(prefix, prefix_lengths, num_steps, seed, temperature)}
 
     return continue_
