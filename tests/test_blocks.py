@@ -396,3 +396,15 @@ def test_layer_config_round_trip(layer):
     config = layer.get_config()
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
+
+
+@pytest.mark.parametrize("kernel_size, dilation", [(1, 1), (2, 1), (2, 4), (3, 2)])
+def test_causal_conv_keeps_static_channels_under_unknown_batch_and_time(kernel_size, dilation):
+    """Traced with unknown [B, T] (SavedModel signatures, generation loops) the channel count stays static,
+    which the next layer's weights need; the values match the eager call."""
+    conv = CausalConv1D(5, kernel_size, dilation)
+    x = tf.random.normal([2, 9, 3])
+    eager = conv(x)
+    fn = tf.function(conv, input_signature=[tf.TensorSpec([None, None, 3])])
+    assert fn.get_concrete_function().structured_outputs.shape.as_list() == [None, None, 5]
+    np.testing.assert_allclose(fn(x).numpy(), eager.numpy(), atol=1e-6)

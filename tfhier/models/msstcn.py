@@ -201,7 +201,9 @@ class MSSTCN(SequenceModel):
                 tf.cast(tf.math.ceil(lengths / self.factors[l]), tf.int32), steps_l, dtype=tf.float32)
             posteriors[l], priors[l], zs[l] = posterior, prior, z
 
-        eta = self.head(g)[:, :t]
+        eta = self.head(g)
+        eta = tf.slice(eta, [0, 0, 0], tf.stack([-1, t, -1]))  # drop the padding to a multiple of S^(L)
+        eta.set_shape([x.shape[0], x.shape[1], self.head.param_size])
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta,
                            posteriors=posteriors, priors=priors, latents=zs, latent_masks=latent_masks)
 
