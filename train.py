@@ -43,7 +43,9 @@ flags.DEFINE_integer("lr_decay_steps", 100_000, "Exponential decay: lr * rate^(s
 flags.DEFINE_float("lr_decay_rate", 0.5, "Exponential decay rate per --lr_decay_steps.")
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: none).")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
-flags.DEFINE_boolean("jit_compile", False, "Compile the training step with XLA.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation steps with XLA (on CPU no "
+                     "faster than graph mode for MS-STCN and uses more memory, bench/train_step.py; try it on GPUs). "
+                     "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
 
 # Objective.
 flags.DEFINE_enum("kl_regularizer", "linear_free_bits", list(KL_REGULARIZERS),

@@ -100,6 +100,32 @@ def test_bucketing_batches_similar_lengths():
     assert seen_short
 
 
+def test_static_shapes_use_few_lengths_and_keep_every_real_step():
+    """For XLA: training batches pad to bucket edges, evaluation batches to multiples of the quantum."""
+    from tfhier.data.pipeline import EVAL_LENGTH_QUANTUM, MAX_BUCKETS
+
+    rng = np.random.default_rng(1)
+    lengths = list(rng.integers(1, 300, size=200))
+    seqs = tagged_sequences(lengths)
+    ds = make_dataset(seqs, 4, training=True, seq_len=250, pad_to_multiple=8, seed=0, static_shapes=True)
+    shapes = set()
+    for x, mask in batches(ds, 150):
+        shapes.add(x.shape[1])
+        assert x.shape[1] % 8 == 0 and x.shape[1] <= 256
+        for rows in real_rows(x, mask):  # a contiguous window of its own sequence, uncut
+            i = int(rows[0, 0])
+            assert len(rows) == min(lengths[i], 250)
+            np.testing.assert_array_equal(np.diff(rows[:, 1]), 1)
+    assert len(shapes) <= MAX_BUCKETS + 1
+
+    ds = make_dataset(seqs, 16, training=False, pad_to_multiple=8, static_shapes=True)
+    seen = []
+    for x, mask in batches(ds):
+        assert x.shape[1] % EVAL_LENGTH_QUANTUM == 0
+        seen += real_rows(x, mask)
+    assert [len(r) for r in seen] == lengths
+
+
 def test_bad_arguments():
     with pytest.raises(DataError):
         make_dataset([], 2, training=False)

@@ -413,8 +413,10 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
 
     pad = model.time_multiple
     train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
-                            augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step)
-    valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad)
+                            augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
+                            static_shapes=settings.jit_compile)
+    valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad,
+                            static_shapes=settings.jit_compile)
     monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
     # A Keras epoch is one validation interval (never longer than the whole run).
     steps_per_epoch = min(settings.eval_every, settings.train_steps)

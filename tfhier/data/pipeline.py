@@ -17,13 +17,15 @@ import tensorflow as tf
 from tfhier.data.base import DataError
 
 MAX_BUCKETS = 8
+#: with ``static_shapes``, evaluation batches pad T up to a multiple of (about) this many steps
+EVAL_LENGTH_QUANTUM = 256
 
 
 def make_dataset(sequences: list, batch_size: int, *, training: bool,
                  seq_len: Optional[int] = None,
                  augment: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
                  pad_to_multiple: int = 1, seed: Optional[int] = None,
-                 shuffle_buffer: int = 10000, bucket: bool = True) -> tf.data.Dataset:
+                 shuffle_buffer: int = 10000, bucket: bool = True, static_shapes: bool = False) -> tf.data.Dataset:
     """Builds a dataset of padded ``(x, mask)`` batches.
 
     Training (``training=True``): repeats forever, reshuffling every epoch;
@@ -47,6 +49,11 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
       seed: seed for shuffling and cropping; None draws one.
       shuffle_buffer: shuffle buffer size (capped at the number of sequences).
       bucket: batch by length in training; False batches in shuffled order.
+      static_shapes: keep the number of distinct batch shapes small, for an
+        XLA-compiled step (which compiles once per shape): training batches
+        pad to their bucket's upper edge (at most ``MAX_BUCKETS`` + 1 lengths)
+        instead of their longest sequence, evaluation batches pad T up to a
+        multiple of ~``EVAL_LENGTH_QUANTUM``.  Costs some compute on padding.
     """
     lengths = _check_sequences(sequences)
     if batch_size < 1:
@@ -78,14 +85,21 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
         if bucket:
             crop_lengths = lengths if seq_len is None else np.minimum(lengths, seq_len)
             boundaries = _bucket_boundaries(crop_lengths, pad_to_multiple)
+            if static_shapes:
+                # pad_to_bucket_boundary pads to (edge - 1), so every length needs an edge above it.
+                top = int(np.ceil(crop_lengths.max() / pad_to_multiple)) * pad_to_multiple + 1
+                boundaries = sorted(set(boundaries) | {top})
             ds = ds.bucket_by_sequence_length(
                 lambda x, mask: tf.shape(x)[0], boundaries, [batch_size] * (len(boundaries) + 1),
-                drop_remainder=True)
+                drop_remainder=True, pad_to_bucket_boundary=static_shapes)
         else:
             ds = ds.padded_batch(batch_size, drop_remainder=True)
 
     static_batch = batch_size if training else None
-    ds = ds.map(lambda x, mask: _finish_batch(x, mask, pad_to_multiple, static_batch),
+    multiple = pad_to_multiple
+    if static_shapes and not training:
+        multiple = -(-EVAL_LENGTH_QUANTUM // pad_to_multiple) * pad_to_multiple
+    ds = ds.map(lambda x, mask: _finish_batch(x, mask, multiple, static_batch),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
