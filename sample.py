@@ -20,6 +20,13 @@ drawn from the approximate posterior (see tfhier.models.base).
 cost per step); ``--method=naive`` re-runs the network over the whole prefix
 at every step (the reference; slow).  For the same seed both give the same
 samples up to float rounding.
+
+``--saved_model=DIR`` instead draws through the ``sample`` signature of an
+export (export/export.py), the graph TF Serving runs, and plots with the data
+facts the export keeps in ``assets.extra/tfhier_export.json``; no run
+directory is needed:
+
+    python sample.py --saved_model=exports/demo/1 --out=exports/demo_samples
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ flags.DEFINE_integer("prime_index", 0, "Index of the priming sequence in --prime
 flags.DEFINE_integer("prime_steps", 100, "Steps of the priming sequence to condition on (fewer if it is shorter).")
 flags.DEFINE_string("method", "cached", "cached (constant cost per step) or naive (reference; slow).")
 flags.DEFINE_string("data_dir", None, "Overrides the run's --data_dir for priming (if the data has moved).")
+flags.DEFINE_string("saved_model", None, "Draw through the `sample` signature of this exported SavedModel "
+                    "(export/export.py; a version folder such as exports/demo/1) instead of a run directory.")
 
 METHODS = ("cached", "naive")
 SPLITS = ("train", "valid", "test")
@@ -60,11 +69,21 @@ PROG = "sample.py"
 
 def check_flags():
     """The first problem with the flags, or None."""
-    if not FLAGS.run_dir:
-        return "--run_dir is required (a training run directory)"
-    if not os.path.isdir(FLAGS.run_dir):
+    if FLAGS.saved_model is not None:
+        info = os.path.join(FLAGS.saved_model, "assets.extra", "tfhier_export.json")
+        if FLAGS.run_dir or FLAGS.prime_split is not None:
+            return "--saved_model draws from an export alone: drop --run_dir and --prime_split"
+        if not os.path.exists(os.path.join(FLAGS.saved_model, "saved_model.pb")):
+            return f"--saved_model={FLAGS.saved_model} holds no saved_model.pb (give a version folder, e.g. exports/demo/1)"
+        if not os.path.exists(info):
+            return f"--saved_model={FLAGS.saved_model} has no {info}: not exported by export/export.py"
+        if not FLAGS.out:
+            return "--out is required with --saved_model (an export folder is never written to)"
+    elif not FLAGS.run_dir:
+        return "--run_dir is required (a training run directory), or --saved_model (an export)"
+    elif not os.path.isdir(FLAGS.run_dir):
         return f"--run_dir={FLAGS.run_dir} does not exist or is not a directory"
-    if not os.path.exists(os.path.join(FLAGS.run_dir, "config.json")):
+    elif not os.path.exists(os.path.join(FLAGS.run_dir, "config.json")):
         return f"--run_dir={FLAGS.run_dir} has no config.json: not a training run directory"
     for name in ("num_samples", "num_steps", "prime_steps"):
         if FLAGS[name].value < 1:
@@ -123,6 +142,8 @@ def main(argv):
     from tfhier import samples as samples_lib
     from tfhier.data import DataError
 
+    if FLAGS.saved_model is not None:
+        return sample_saved_model(samples_lib)
     try:
         config = runs.read_config(FLAGS.run_dir)
         model, checkpoint, step = runs.load_model(FLAGS.run_dir, FLAGS.checkpoint, config)
@@ -164,6 +185,42 @@ def main(argv):
     print(f"{FLAGS.num_samples} samples x {FLAGS.num_steps} steps ({FLAGS.method}{primed}) from {checkpoint} "
           f"in {seconds:.1f} s", flush=True)
     print(f"written: {out}.npz, {main_path}", flush=True)
+
+
+def sample_saved_model(samples_lib):
+    """``--saved_model``: the export's ``sample`` signature, plotted with the export's data facts."""
+    import json
+    import time
+
+    import tensorflow as tf
+
+    with open(os.path.join(FLAGS.saved_model, "assets.extra", "tfhier_export.json"), encoding="utf-8") as f:
+        info = json.load(f)
+    loaded = tf.saved_model.load(FLAGS.saved_model)
+    start = time.perf_counter()
+    try:
+        x = loaded.signatures["sample"](
+            num_samples=tf.constant(FLAGS.num_samples, tf.int32), num_steps=tf.constant(FLAGS.num_steps, tf.int32),
+            seed=tf.constant([FLAGS.seed, 0], tf.int32), temperature=tf.constant(FLAGS.temperature, tf.float32))
+    except tf.errors.InvalidArgumentError as e:  # the export's own input checks (e.g. --num_steps > max_steps)
+        lines = [line.strip() for line in e.message.splitlines() if line.strip()]
+        reason = next((line for line in lines if "assertion failed" in line), lines[-1] if lines else str(e))
+        sys.exit(f"{PROG}: error: the export refused the request: {reason}")
+    x = x["samples"].numpy()
+    seconds = time.perf_counter() - start
+    main_path = samples_lib.save_samples(x, info.get("kind") or "real", info.get("data_info", {}), FLAGS.out)
+    meta = {"saved_model": FLAGS.saved_model, "signature": "sample", "num_samples": FLAGS.num_samples,
+            "num_steps": FLAGS.num_steps, "seed": [FLAGS.seed, 0], "temperature": FLAGS.temperature,
+            "shape": list(x.shape), "seconds": round(seconds, 3)}
+
+    def write_meta(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(json.dumps(meta, indent=2) + "\n")
+
+    samples_lib._atomic_save(FLAGS.out + ".json", write_meta)
+    print(f"{FLAGS.num_samples} samples x {FLAGS.num_steps} steps through {FLAGS.saved_model} (signature sample) "
+          f"in {seconds:.1f} s", flush=True)
+    print(f"written: {FLAGS.out}.npz, {main_path}", flush=True)
 
 
 if __name__ == "__main__":

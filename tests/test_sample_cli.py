@@ -59,6 +59,28 @@ def test_writes_npz_png_and_json(run_dir):
     assert meta["method"] == "cached" and meta["prime_steps"] == 9 and meta["shape"] == [2, 21, 3]
 
 
+def test_saved_model_sample_signature_matches_in_process_generation(run_dir, tmp_path):
+    """--saved_model draws through the export's `sample` signature: the model's own samples for that seed."""
+    import tensorflow as tf
+
+    from tfhier import runs, serving
+
+    export = serving.export_run(run_dir, str(tmp_path / "exports"))
+    out = tmp_path / "from_export"
+    res = sample_cli(f"--saved_model={export.path}", f"--out={out}", "--num_samples=3", "--num_steps=10",
+                     "--seed=4", "--temperature=0.8")
+    assert res.returncode == 0, res.stderr
+    x = np.load(f"{out}.npz")["samples"]
+    model = runs.load_model(run_dir)[0]
+    expected = model.generate(3, 10, tf.constant([4, 0]), 0.8).numpy()
+    np.testing.assert_allclose(x, expected, atol=1e-5, rtol=0)
+    assert Path(f"{out}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads(Path(f"{out}.json").read_text())["signature"] == "sample"
+    # The export's own limit (--max_steps) is one clear error.
+    res = sample_cli(f"--saved_model={export.path}", f"--out={out}", "--num_steps=100000")
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "refused the request" in res.stderr.strip().splitlines()[-1] and "num_steps" in res.stderr
+
 
 @pytest.mark.parametrize("args, message", [
     ([], "--run_dir is required"),
@@ -71,6 +93,7 @@ def test_writes_npz_png_and_json(run_dir):
     (["--run_dir={run}", "--no_such_flag=1"], "no_such_flag"),
     (["--run_dir={run}", "extra"], "unexpected arguments"),
     (["--run_dir={tmp}"], "no config.json"),
+    (["--saved_model={tmp}", "--out={tmp}/x"], "no saved_model.pb"),
 ])
 def test_bad_flags_fail_in_one_line(run_dir, tmp_path, args, message):
     args = [a.format(run=run_dir, missing=tmp_path / "missing", tmp=tmp_path) for a in args]

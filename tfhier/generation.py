@@ -71,18 +71,60 @@ def gate(a):
     return tf.tanh(a_tanh) * tf.sigmoid(a_sigmoid)
 
 
-def read_variable(variable):
-    """The value of a weight (the streaming layers take ``read`` to let a caller serve weights otherwise)."""
-    return tf.convert_to_tensor(variable)
+class WeightReader:
+    """Serves the weights to the streaming layers (their ``read`` argument).
+
+    ``read(variable)`` is the weight's value; ``read.affine(x, kernel, bias)``
+    is ``x @ W + b`` for one step ``x`` [B, C_in].  The affine product is one
+    MatMul of ``[x, 1]`` with ``W`` stacked on ``b``: a MatMul followed by a
+    BiasAdd is fused by Grappler into oneDNN's ``_FusedMatMul``, which at
+    one-step sizes costs ~3x a plain MatMul, and these products are most of
+    a generation step (bench/generation.py).  With ``memoize``, each weight
+    (and each stacked ``[W; b]``) is computed once per graph it is first used
+    in (one loop body: the IAM-OnDB model's 8 unrolled fine steps per loop
+    iteration share them), not once per use.
+    """
+
+    def __init__(self, memoize=False):
+        self._memo = {} if memoize else None
+
+    def _cached(self, key, make):
+        if self._memo is None:
+            return make()
+        key = key + (id(tf.compat.v1.get_default_graph()),)  # a nested loop body is another graph
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def __call__(self, variable):
+        return self._cached(("value", id(variable)), lambda: tf.convert_to_tensor(variable))
+
+    def affine(self, x, kernel, bias, kernel_fn=None, bias_fn=None):
+        """``x @ kernel_fn(kernel) + bias_fn(bias)`` for ``x`` [B, C_in] (``bias`` may be None); ``kernel_fn``
+        maps the kernel variable's value to [C_in, C_out] (default: as it is), ``bias_fn`` the bias to [C_out]."""
+        kernel_fn = kernel_fn or (lambda k: k)
+        if bias is None:
+            return tf.matmul(x, self._cached(("kernel", id(kernel)), lambda: kernel_fn(self(kernel))))
+        bias_fn = bias_fn or (lambda b: b)
+        w = self._cached(("affine", id(kernel), id(bias)),
+                         lambda: tf.concat([kernel_fn(self(kernel)), bias_fn(self(bias))[None]], axis=0))
+        return tf.matmul(tf.pad(x, [[0, 0], [0, 1]], constant_values=1.0), w)
+
+
+#: reads every weight at each use (the default outside a generation loop)
+read_variable = WeightReader()
+
+
+def memoized_reader():
+    """A :class:`WeightReader` that reads each weight once per graph."""
+    return WeightReader(memoize=True)
 
 
 def conv_1x1(conv: CausalConv1D, x, read=read_variable):
     """A kernel-1 :class:`CausalConv1D` on ``x`` [..., C_in] (any rank)."""
-    w = read(conv.kernel)[0]
     if x.shape.rank == 2:
-        y = tf.matmul(x, w)
-    else:
-        y = tf.tensordot(x, w, axes=[[x.shape.rank - 1], [0]])
+        return read.affine(x, conv.kernel, conv.bias, kernel_fn=lambda k: k[0])
+    y = tf.tensordot(x, read(conv.kernel)[0], axes=[[x.shape.rank - 1], [0]])
     return tf.nn.bias_add(y, read(conv.bias)) if conv.bias is not None else y
 
 
@@ -123,16 +165,13 @@ class StreamingConv:
 
     def __call__(self, state, xs, read=read_variable):
         k, d = self.kernel_size, self.dilation
-        kernel = read(self.conv.kernel)
-        w = kernel[0] if k == 1 else tf.reshape(kernel, (k * self.in_channels, -1))
-        bias = read(self.conv.bias) if self.conv.bias is not None else None
+        flat = (lambda w: w[0]) if k == 1 else (lambda w: tf.reshape(w, (k * self.in_channels, -1)))
         buf = list(state) + list(xs)  # buf[memory + i] is xs[i]
         ys = []
         for i in range(len(xs)):
             taps = buf[i: i + self.memory + 1: d]  # k entries, oldest first
             taps = taps[0] if k == 1 else tf.concat(taps, axis=-1)
-            y = tf.matmul(taps, w)
-            ys.append(tf.nn.bias_add(y, bias) if bias is not None else y)
+            ys.append(read.affine(taps, self.conv.kernel, self.conv.bias, kernel_fn=flat))
         return ys, tuple(buf[len(buf) - self.memory:]) if self.memory else ()
 
 
@@ -207,8 +246,9 @@ class StreamingWaveNet:
         if block.mode == "strided":
             # Kernel [S, C, 2C'] over the frame of S consecutive steps, oldest first.
             frame = tf.concat(xs, axis=-1)
-            a = tf.matmul(frame, tf.reshape(read(block.gate_conv.kernel), (s * int(xs[0].shape[-1]), -1)))
-            residual = conv_1x1(block.out_conv, gate(tf.nn.bias_add(a, read(block.gate_conv.bias))), read)
+            a = read.affine(frame, block.gate_conv.kernel, block.gate_conv.bias,
+                            kernel_fn=lambda w: tf.reshape(w, (s * int(xs[0].shape[-1]), -1)))
+            residual = conv_1x1(block.out_conv, gate(a), read)
             identity = tf.reduce_mean(tf.stack(xs, axis=1), axis=1)
         else:
             # The unstrided causal conv runs at the input rate over the S inputs, then sum / sqrt(S).
@@ -226,9 +266,11 @@ class StreamingWaveNet:
         inp = x if cond is None else tf.concat([x, cond], axis=-1)
         a = gate(conv_1x1(block.gate_conv, inp, read))
         identity = x if block.skip_proj is None else conv_1x1(block.skip_proj, x, read)
-        kernel = read(block.out_conv.kernel)  # [C_in, S, C_out]: fine step j of the coarse step gets [:, j]
-        residual = tf.matmul(a, tf.reshape(kernel, (int(kernel.shape[0]), -1)))
-        residual = tf.reshape(residual, (-1, block.factor, int(kernel.shape[2]))) + read(block.out_conv.bias)
+        c_in, _, c_out = block.out_conv.kernel.shape  # [C_in, S, C_out]: fine step j of the coarse step gets [:, j]
+        residual = read.affine(a, block.out_conv.kernel, block.out_conv.bias,
+                               kernel_fn=lambda w: tf.reshape(w, (int(c_in), -1)),
+                               bias_fn=lambda b: tf.tile(b, [block.factor]))
+        residual = tf.reshape(residual, (-1, block.factor, int(c_out)))
         return tf.unstack(identity[:, None] + residual, axis=1)
 
 
@@ -312,6 +354,7 @@ class MSSTCNGenerator:
         }
 
         def body(tau, state):
+            ctx.read = memoized_reader()
             state, _ = self._layer_step(self.n - 1, tau, None, state, ctx)
             return tau + 1, state
 
@@ -378,7 +421,7 @@ class MSSTCNGenerator:
         input ``input_proj(y_t)``."""
         model = self.model
         with tf.name_scope("head"):
-            eta = model.head(g[:, None])[:, 0]
+            eta = conv_1x1(model.head.proj, g, ctx.read)  # the head's projection on one step
         with tf.name_scope("head_sample"):
             y = model.sample_step(eta, output_step_seed(ctx.seed, t), ctx.temperature)
         if ctx.primed:
@@ -396,4 +439,5 @@ def _replace(items, i, value):
     return tuple(items)
 
 
-__all__ = ["MSSTCNGenerator", "StreamingConv", "StreamingWaveNet", "conv_1x1", "gate", "read_variable"]
+__all__ = ["MSSTCNGenerator", "StreamingConv", "StreamingWaveNet", "WeightReader", "conv_1x1", "gate", "memoized_reader",
+           "read_variable"]
