@@ -1,0 +1,230 @@
+"""Benchmark: MS-STCN generation time (configs/iam.cfg model sizes), cached vs naive, on CPU.
+
+    python bench/generation.py                       # everything below
+    python bench/generation.py --methods=cached,xla --steps=700,1400 --samples=1,64
+    python bench/generation.py --saved_model=exports/msstcn/1   # also time its `sample` signature
+    python bench/generation.py --saved_model=export   # ... of this benchmark's own model, exported
+
+Methods (random weights: the cost does not depend on their values):
+
+* ``cached``: ``model.generate`` (tfhier.generation, per-layer state, constant
+  cost per step) in one graph-mode tf.function with tensor arguments, the way
+  ``model.generate`` runs when called eagerly (and the way a SavedModel
+  runs it): traced once for every size.
+* ``xla``: the same cached loop with ``jit_compile=True`` and the sizes as
+  Python ints (static shapes; one compilation per size).  XLA draws its
+  stateless random numbers with its own implementation, so its samples are
+  a different (equally valid) draw than graph mode's for the same seed.
+* ``naive``: ``model.generate_naive`` (re-runs the whole network over the
+  buffer at every step, cost quadratic in the length), only up to
+  ``--naive_max_steps`` x ``--naive_max_samples`` (default 700 x 1): larger
+  sizes take minutes.
+* ``saved_model`` (with ``--saved_model=DIR``): the ``sample`` signature of a
+  SavedModel written by export/export.py, loaded with ``tf.saved_model.load``.
+  ``--saved_model=export`` exports the benchmark's own model (the same random
+  weights as the other methods) with tfhier.serving to a temporary directory
+  first (``export_s``), and checks its samples against ``cached``'s
+  (``max_abs_diff_vs_cached``: the same seed gives the same samples).
+
+Each (method, samples, steps) is timed ``--repeats`` times after a first call;
+reported: tracing (``trace_s``: building the graph) and the first call
+(``first_call_s``: graph optimisation / XLA compilation plus one run) apart from
+the warm runs (``warm_s``: the minimum; ``warm_median_s``; and CPU seconds).
+The machine is shared, so the 1-minute load average is recorded before and
+after.  Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_list("methods", ["cached", "xla", "naive"], "Any of cached, xla, naive (saved_model is added by "
+                  "--saved_model).")
+flags.DEFINE_list("steps", ["700", "1400"], "Sequence lengths to time.")
+flags.DEFINE_list("samples", ["1", "64"], "Batch sizes (samples drawn per call) to time.")
+flags.DEFINE_integer("repeats", 3, "Warm (timed) calls per size, after the first call.")
+flags.DEFINE_integer("naive_max_steps", 700, "Time the naive method only up to this many steps ...")
+flags.DEFINE_integer("naive_max_samples", 1, "... and this many samples (it is quadratic in the length).")
+flags.DEFINE_string("saved_model", None, "Also time the `sample` signature of this SavedModel directory; "
+                    "'export': of this benchmark's model, exported to a temporary directory.")
+flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+FLAGS = flags.FLAGS
+
+#: the issue's reference: the authors' MS-STCN code, one 700-step handwriting sample on this machine
+AUTHORS_700X1_S = 10.0
+
+
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def _time_calls(call, repeats):
+    """(first call seconds, [warm wall seconds], [warm cpu seconds], last output)."""
+    start = time.perf_counter()
+    out = call()
+    first = time.perf_counter() - start
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        out = call()
+        walls.append(time.perf_counter() - w)
+        cpus.append(time.process_time() - c)
+    return first, walls, cpus, out
+
+
+def _entry(method, n, t, trace, first, walls, cpus, **extra):
+    return {"method": method, "num_samples": n, "num_steps": t,
+            "trace_s": None if trace is None else round(trace, 3), "first_call_s": round(first, 3),
+            "warm_s": round(min(walls), 4), "warm_median_s": round(statistics.median(walls), 4),
+            "warm_cpu_s": round(min(cpus), 4), "warm_runs_s": [round(w, 4) for w in walls],
+            "ms_per_step": round(1e3 * min(walls) / t, 4), **extra}
+
+
+def main(_):
+    import numpy as np
+    import tensorflow as tf
+
+    from tfhier.models import MSSTCN
+
+    steps = [int(s) for s in FLAGS.steps]
+    samples = [int(s) for s in FLAGS.samples]
+    unknown = set(FLAGS.methods) - {"cached", "xla", "naive"}
+    if unknown:
+        sys.exit(f"bench/generation.py: error: unknown --methods {sorted(unknown)}")
+    load_before = _load_average()
+    model = MSSTCN(3).build_for_data()  # MSSTCN defaults = configs/iam.cfg's model
+    seed = tf.constant([0, 0], tf.int32)
+    temperature = tf.constant(FLAGS.temperature, tf.float32)
+    results, notes = [], []
+    graph_out = {}
+
+    if "cached" in FLAGS.methods:
+        gen = model.generator()
+        fn = tf.function(lambda n, t, s, temp: gen.sample(n, t, s, temp), autograph=False)
+        start = time.perf_counter()
+        fn.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+                                 tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32))
+        trace = time.perf_counter() - start
+        for n in samples:
+            for t in steps:
+                first, walls, cpus, out = _time_calls(
+                    lambda: fn(tf.constant(n), tf.constant(t), seed, temperature).numpy(), FLAGS.repeats)
+                graph_out[(n, t)] = out
+                results.append(_entry("cached", n, t, trace, first, walls, cpus,
+                                      graph="one tf.function, tensor arguments (dynamic shapes)"))
+                trace = None  # traced once for all sizes; first_call_s of later sizes is a plain run
+    if "xla" in FLAGS.methods:
+        gen = model.generator()
+        for n in samples:
+            for t in steps:
+                fn = tf.function(lambda s, temp, n=n, t=t: gen.sample(n, t, s, temp), autograph=False,
+                                 jit_compile=True)
+                start = time.perf_counter()
+                fn.get_concrete_function(tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32))
+                trace = time.perf_counter() - start
+                first, walls, cpus, out = _time_calls(lambda: fn(seed, temperature).numpy(), FLAGS.repeats)
+                extra = {"graph": "jit_compile=True, static sizes (first_call_s includes the XLA compilation)"}
+                if (n, t) in graph_out:
+                    extra["max_abs_diff_vs_graph"] = float(np.abs(out - graph_out[(n, t)]).max())
+                results.append(_entry("xla", n, t, trace, first, walls, cpus, **extra))
+    if "naive" in FLAGS.methods:
+        fn = tf.function(lambda n, t, s, temp: model.generate_naive(n, t, s, temp), autograph=False)
+        traced = False
+        for n in samples:
+            for t in steps:
+                if n > FLAGS.naive_max_samples or t > FLAGS.naive_max_steps:
+                    notes.append(f"naive {n}x{t} not timed (capped at {FLAGS.naive_max_samples} samples x "
+                                 f"{FLAGS.naive_max_steps} steps: cost quadratic in the length)")
+                    continue
+                trace = None
+                if not traced:
+                    start = time.perf_counter()
+                    fn.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
+                                             tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32))
+                    trace, traced = time.perf_counter() - start, True
+                first, walls, cpus, out = _time_calls(
+                    lambda: fn(tf.constant(n), tf.constant(t), seed, temperature).numpy(), max(1, FLAGS.repeats - 2))
+                extra = {}
+                if (n, t) in graph_out:
+                    extra["max_abs_diff_vs_cached"] = float(np.abs(out - graph_out[(n, t)]).max())
+                results.append(_entry("naive", n, t, trace, first, walls, cpus, **extra))
+    if FLAGS.saved_model:
+        import shutil
+        import tempfile
+
+        path, export_s, tmp = FLAGS.saved_model, None, None
+        if path == "export":  # this model, same weights: its samples must equal cached's
+            from tfhier import serving
+
+            tmp = tempfile.mkdtemp(prefix="tfhier_bench_")
+            path = os.path.join(tmp, "1")
+            start = time.perf_counter()
+            serving.write_saved_model(model, path, serving.Limits(max_steps=max(steps), max_samples=max(samples)))
+            export_s = round(time.perf_counter() - start, 3)
+        try:
+            start = time.perf_counter()
+            loaded = tf.saved_model.load(path)
+            sample = loaded.signatures["sample"]
+            load_s = time.perf_counter() - start
+            for n in samples:
+                for t in steps:
+                    first, walls, cpus, out = _time_calls(
+                        lambda: sample(num_samples=tf.constant(n), num_steps=tf.constant(t), seed=seed,
+                                       temperature=temperature)["samples"].numpy(), FLAGS.repeats)
+                    extra = {"export_s": export_s} if export_s is not None else {}
+                    if tmp and (n, t) in graph_out:
+                        extra["max_abs_diff_vs_cached"] = float(np.abs(out - graph_out[(n, t)]).max())
+                    results.append(_entry("saved_model", n, t, None, first, walls, cpus,
+                                          load_s=None if load_s is None else round(load_s, 3),
+                                          saved_model=FLAGS.saved_model, **extra))
+                    load_s = export_s = None
+        finally:
+            if tmp:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def warm(method, n, t):
+        for r in results:
+            if (r["method"], r["num_samples"], r["num_steps"]) == (method, n, t):
+                return r["warm_s"]
+        return None
+
+    summary = {}
+    for method in ("cached", "xla", "saved_model", "naive"):
+        one = warm(method, 1, 700)
+        if one:
+            summary[f"{method}_speedup_vs_authors_700x1"] = round(AUTHORS_700X1_S / one, 1)
+        for n in samples:
+            a, b = warm(method, n, 700), warm(method, n, 1400)
+            if a and b:
+                summary[f"{method}_ratio_1400_over_700_x{n}"] = round(b / a, 3)
+    if warm("cached", 1, 700) and warm("naive", 1, 700):
+        summary["cached_speedup_vs_naive_700x1"] = round(warm("naive", 1, 700) / warm("cached", 1, 700), 1)
+    print(json.dumps({
+        "benchmark": "msstcn_generation", "config": "configs/iam.cfg model (MSSTCN(3) defaults), random weights",
+        "params": model.count_params(), "temperature": FLAGS.temperature, "repeats": FLAGS.repeats,
+        "authors_700x1_s_reference": AUTHORS_700X1_S, "targets": {"speedup_vs_authors_700x1": ">= 20",
+                                                                 "ratio_1400_over_700": "<= 2.2"},
+        "summary": summary, "results": results, "notes": notes,
+        "load_average_1min": {"before": load_before, "after": _load_average()}, "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), "tensorflow": tf.__version__}, indent=1))
+
+
+if __name__ == "__main__":
+    app.run(main)
