@@ -111,12 +111,9 @@ def expected(model):
     score = {k: v.numpy() for k, v in model.score(tf.constant(x), mask, tf.constant(SCORE_SEED)).items()}
     samples = model.generate(SAMPLE["num_samples"], SAMPLE["num_steps"], tf.constant(SAMPLE["seed"]),
                              SAMPLE["temperature"]).numpy()
-    out = {**score, "samples": samples}
-    if serving.supports_continue(model):
-        out["continuations"] = model.continue_sequences(
-            tf.constant(x), tf.constant(LENGTHS), CONTINUE["num_steps"], tf.constant(CONTINUE["seed"]),
-            CONTINUE["temperature"]).numpy()
-    return out
+    continuations = model.continue_sequences(tf.constant(x), tf.constant(LENGTHS), CONTINUE["num_steps"],
+                                             tf.constant(CONTINUE["seed"]), CONTINUE["temperature"]).numpy()
+    return {**score, "samples": samples, "continuations": continuations}
 
 
 # ------------------------------------------------------------------------------ fresh-process reload

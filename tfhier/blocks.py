@@ -35,10 +35,12 @@ def _matmul_last(x, w, bias=None):
     return tf.reshape(y, tf.concat([shape[:-1], [w.shape[-1]]], axis=0))
 
 
-def _steps(x, start, length):
-    """``x[:, start:start + length]`` as a Slice, whose gradient (a Pad) is far cheaper than a strided slice's."""
+def time_slice(x, start, length):
+    """``x[:, start:start + length]`` of a ``[B, T, C]`` tensor, as a Slice (whose gradient, a Pad, is far
+    cheaper than a strided slice's), keeping every dimension that is known statically."""
     y = tf.slice(x, [0, start, 0], tf.stack([-1, length, -1]))
-    y.set_shape([x.shape[0], length if isinstance(length, int) else None, x.shape[2]])
+    static_length = tf.get_static_value(length)
+    y.set_shape([x.shape[0], None if static_length is None else int(static_length), x.shape[2]])
     return y
 
 
@@ -85,7 +87,7 @@ class CausalConv1D(keras.layers.Layer):
             t = tf.shape(x)[1]
             xp = tf.pad(x, [[0, 0], [(k - 1) * d, 0], [0, 0]])
             # Tap j (0 = oldest) sees x_{t-(k-1-j)d}; one matmul over all taps.
-            taps = tf.concat([_steps(xp, j * d, t) for j in range(k)], axis=-1)
+            taps = tf.concat([time_slice(xp, j * d, t) for j in range(k)], axis=-1)
             return _matmul_last(taps, tf.reshape(self.kernel, (-1, self.filters)), self.bias)
         return tf.nn.bias_add(y, self.bias) if self.use_bias else y
 
@@ -157,10 +159,10 @@ class Delay(keras.layers.Layer):
     """Eq. (10): shift one step at the sequence's own rate, zeros first: ``[0, d_1, ..., d_{T-1}]``."""
 
     def call(self, x):
-        return _steps(tf.pad(x, [[0, 0], [1, 0], [0, 0]]), 0, tf.shape(x)[1])
+        return time_slice(tf.pad(x, [[0, 0], [1, 0], [0, 0]]), 0, tf.shape(x)[1])
 
 
-def _gate(a):
+def gate(a):
     """Gated activation of eq. (3): ``tanh(a_1) * sigmoid(a_2)`` for ``a = [a_1, a_2]``."""
     a_tanh, a_sigmoid = tf.split(a, 2, axis=-1)
     return tf.tanh(a_tanh) * tf.sigmoid(a_sigmoid)
@@ -205,7 +207,7 @@ class WaveNetBlock(keras.layers.Layer):
     def call(self, x, cond=None):
         a = self.gate_conv(x if cond is None else tf.concat([x, cond], axis=-1))
         identity = x if self.skip_proj is None else self.skip_proj(x)
-        return identity + self.out_conv(_gate(a))
+        return identity + self.out_conv(gate(a))
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "kernel_size": self.kernel_size,
@@ -248,10 +250,10 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
 
     def call(self, x):
         if self.mode == "strided":
-            residual = self.out_conv(_gate(self.gate_conv(x)))
+            residual = self.out_conv(gate(self.gate_conv(x)))
             identity = _mean_pool(x, self.factor)
         else:
-            residual = _sum_pool(self.out_conv(_gate(self.gate_conv(x))), self.factor)
+            residual = _sum_pool(self.out_conv(gate(self.gate_conv(x))), self.factor)
             identity = _sum_pool(x, self.factor)
         if self.skip_proj is not None:
             identity = self.skip_proj(identity)
@@ -287,7 +289,7 @@ class UpsamplingWaveNetBlock(keras.layers.Layer):
     def call(self, x, cond=None):
         a = self.gate_conv(x if cond is None else tf.concat([x, cond], axis=-1))
         identity = x if self.skip_proj is None else self.skip_proj(x)
-        return tf.repeat(identity, self.factor, axis=1) + self.out_conv(_gate(a))
+        return tf.repeat(identity, self.factor, axis=1) + self.out_conv(gate(a))
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "factor": self.factor}

@@ -60,15 +60,9 @@ from types import SimpleNamespace
 import tensorflow as tf
 
 from tfhier.blocks import (CausalConv1D, DownsamplingWaveNetBlock, UpsamplingWaveNetBlock, WaveNet,
-                           WaveNetBlock)
+                           WaveNetBlock, gate)
 from tfhier.models.base import (gather_continuations, generation_latent_seed, latent_noise, latent_normal,
                                 output_step_seed)
-
-
-def gate(a):
-    """Gated activation, eq. (3): ``tanh(a_1) * sigmoid(a_2)`` for ``a = [a_1, a_2]`` (last axis)."""
-    a_tanh, a_sigmoid = tf.split(a, 2, axis=-1)
-    return tf.tanh(a_tanh) * tf.sigmoid(a_sigmoid)
 
 
 class WeightReader:
@@ -115,17 +109,9 @@ class WeightReader:
 read_variable = WeightReader()
 
 
-def memoized_reader():
-    """A :class:`WeightReader` that reads each weight once per graph."""
-    return WeightReader(memoize=True)
-
-
 def conv_1x1(conv: CausalConv1D, x, read=read_variable):
-    """A kernel-1 :class:`CausalConv1D` on ``x`` [..., C_in] (any rank)."""
-    if x.shape.rank == 2:
-        return read.affine(x, conv.kernel, conv.bias, kernel_fn=lambda k: k[0])
-    y = tf.tensordot(x, read(conv.kernel)[0], axes=[[x.shape.rank - 1], [0]])
-    return tf.nn.bias_add(y, read(conv.bias)) if conv.bias is not None else y
+    """A kernel-1 :class:`CausalConv1D` on one step ``x`` [B, C_in]."""
+    return read.affine(x, conv.kernel, conv.bias, kernel_fn=lambda k: k[0])
 
 
 def _ceil_div(a, b):
@@ -306,7 +292,6 @@ class MSSTCNGenerator:
                 body *= s
             else:
                 self.unroll.append(False)
-        self.fine_steps_per_body = body
 
     # -- public ---------------------------------------------------------------------
     def sample(self, num_samples, num_steps, seed, temperature=1.0):
@@ -354,7 +339,7 @@ class MSSTCNGenerator:
         }
 
         def body(tau, state):
-            ctx.read = memoized_reader()
+            ctx.read = WeightReader(memoize=True)
             state, _ = self._layer_step(self.n - 1, tau, None, state, ctx)
             return tau + 1, state
 
@@ -439,5 +424,4 @@ def _replace(items, i, value):
     return tuple(items)
 
 
-__all__ = ["MSSTCNGenerator", "StreamingConv", "StreamingWaveNet", "WeightReader", "conv_1x1", "gate", "memoized_reader",
-           "read_variable"]
+__all__ = ["MSSTCNGenerator", "StreamingConv", "StreamingWaveNet", "WeightReader", "conv_1x1", "read_variable"]

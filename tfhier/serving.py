@@ -251,15 +251,11 @@ def continue_fn(model, limits: Limits):
     return continue_
 
 
-def supports_continue(model) -> bool:
-    return callable(getattr(model, "continue_sequences", None))
-
-
 def build_archive(model, limits: Limits = Limits()):
     """A ``keras.export.ExportArchive`` with the module's signatures for a built ``model``.
 
-    ``serving_default`` (scoring) is added first; ``continue`` only when the
-    model has ``continue_sequences``.
+    ``serving_default`` (scoring) is added first.  Every model has ``continue``:
+    :class:`tfhier.models.base.SequenceModel` gives all of them ``continue_sequences``.
     """
     import keras
 
@@ -269,15 +265,14 @@ def build_archive(model, limits: Limits = Limits()):
     # The first endpoint becomes serving_default; naming it so makes that explicit in the SignatureDefs.
     archive.add_endpoint("serving_default", score_fn(model), input_signature=_specs(**SCORE_SPECS))
     archive.add_endpoint("sample", sample_fn(model, limits), input_signature=_specs(**SAMPLE_SPECS))
-    if supports_continue(model):
-        archive.add_endpoint("continue", continue_fn(model, limits), input_signature=_specs(**CONTINUE_SPECS))
+    archive.add_endpoint("continue", continue_fn(model, limits), input_signature=_specs(**CONTINUE_SPECS))
     return archive
 
 
 def signature_info(model, limits: Limits) -> dict:
     """What each signature takes and returns (written to ``tfhier_export.json``)."""
     d, n_layers = model.input_dim, len(model.latent_layer_names)
-    info = {
+    return {
         "serving_default": {
             "inputs": {"x": {"dtype": "float32", "shape": ["B", "T", d]},
                        "lengths": {"dtype": "int32", "shape": ["B"], "range": "1..T"},
@@ -294,9 +289,7 @@ def signature_info(model, limits: Limits) -> dict:
                        "temperature": {"dtype": "float32", "shape": [], "range": "> 0"}},
             "outputs": {"samples": {"dtype": "float32", "shape": ["num_samples", "num_steps", d]}},
         },
-    }
-    if supports_continue(model):
-        info["continue"] = {
+        "continue": {
             "inputs": {"prefix": {"dtype": "float32", "shape": ["B", "T0", d],
                                   "range": f"B in 1..{limits.max_samples}, T0 in 1..{limits.max_steps}"},
                        "prefix_lengths": {"dtype": "int32", "shape": ["B"], "range": "1..T0"},
@@ -304,8 +297,8 @@ def signature_info(model, limits: Limits) -> dict:
                        "seed": {"dtype": "int32", "shape": [2]},
                        "temperature": {"dtype": "float32", "shape": [], "range": "> 0"}},
             "outputs": {"continuations": {"dtype": "float32", "shape": ["B", "num_steps", d]}},
-        }
-    return info
+        },
+    }
 
 
 def write_saved_model(model, path, limits: Limits = Limits(), extra_files: Optional[dict] = None):
@@ -421,8 +414,6 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "tensorflow_version": tf.__version__,
     }
-    if not supports_continue(model):
-        info["missing_signatures"] = {"continue": "the model has no continue_sequences method"}
     os.makedirs(model_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=model_dir, prefix=f".tmp_export_{version}_")
     try:
@@ -442,5 +433,5 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
 
 __all__ = ["ASSETS_EXTRA", "DEFAULT_MAX_SAMPLES", "DEFAULT_MAX_STEPS", "EXPORT_INFO_FILE", "ExportError",
            "ExportResult", "Limits", "SIGNATURE_NAMES", "build_archive", "check_model_name", "existing_versions",
-           "export_run", "plan_export", "sanitize_model_name", "signature_info", "supports_continue",
+           "export_run", "plan_export", "sanitize_model_name", "signature_info",
            "write_saved_model"]

@@ -49,7 +49,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfhier.blocks import CausalConv1D, Delay, WaveNet
+from tfhier.blocks import CausalConv1D, Delay, WaveNet, time_slice
 from tfhier.heads import make_head
 from tfhier.models.base import (ModelOutput, SequenceModel, graph_call, latent_noise, latent_normal,
                                 primed_latent_mask)
@@ -201,9 +201,7 @@ class MSSTCN(SequenceModel):
                 tf.cast(tf.math.ceil(lengths / self.factors[l]), tf.int32), steps_l, dtype=tf.float32)
             posteriors[l], priors[l], zs[l] = posterior, prior, z
 
-        eta = self.head(g)
-        eta = tf.slice(eta, [0, 0, 0], tf.stack([-1, t, -1]))  # drop the padding to a multiple of S^(L)
-        eta.set_shape([x.shape[0], x.shape[1], self.head.param_size])
+        eta = time_slice(self.head(g), 0, t)  # drop the padding to a multiple of S^(L)
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta,
                            posteriors=posteriors, priors=priors, latents=zs, latent_masks=latent_masks)
 
