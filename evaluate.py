@@ -44,10 +44,11 @@ SPLITS = ("train", "valid", "test")
 
 def check_flags():
     """The first problem with the flags, or None (tfhier.evaluation checks again)."""
-    if not FLAGS.run_dir:
-        return "--run_dir is required (a training run directory)"
-    if not os.path.isdir(FLAGS.run_dir):
-        return f"--run_dir={FLAGS.run_dir} does not exist or is not a directory"
+    from tfhier.runs import run_dir_problem  # no TensorFlow
+
+    problem = run_dir_problem(FLAGS.run_dir)
+    if problem:
+        return problem
     if FLAGS.split not in SPLITS:
         return f"--split must be one of {list(SPLITS)}, got {FLAGS.split!r}"
     for name in ("iw_samples", "iw_chunk", "batch_size"):

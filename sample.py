@@ -81,10 +81,12 @@ def check_flags():
             return "--out is required with --saved_model (an export folder is never written to)"
     elif not FLAGS.run_dir:
         return "--run_dir is required (a training run directory), or --saved_model (an export)"
-    elif not os.path.isdir(FLAGS.run_dir):
-        return f"--run_dir={FLAGS.run_dir} does not exist or is not a directory"
-    elif not os.path.exists(os.path.join(FLAGS.run_dir, "config.json")):
-        return f"--run_dir={FLAGS.run_dir} has no config.json: not a training run directory"
+    else:
+        from tfhier.runs import run_dir_problem  # no TensorFlow
+
+        problem = run_dir_problem(FLAGS.run_dir)
+        if problem:
+            return problem
     for name in ("num_samples", "num_steps", "prime_steps"):
         if FLAGS[name].value < 1:
             return f"--{name} must be an integer >= 1, got {FLAGS[name].value}"

@@ -48,12 +48,11 @@ flags.DEFINE_integer("max_samples", 256, "Largest num_samples the sample signatu
 
 def check_flags():
     """The first problem with the flags that needs no TensorFlow to see, or None."""
-    if not FLAGS.run_dir:
-        return "--run_dir is required (a training run directory)"
-    if not os.path.isdir(FLAGS.run_dir):
-        return f"--run_dir={FLAGS.run_dir} does not exist or is not a directory"
-    if not os.path.isfile(os.path.join(FLAGS.run_dir, "config.json")):
-        return f"--run_dir={FLAGS.run_dir} has no config.json: not a training run directory"
+    from tfhier.runs import run_dir_problem  # no TensorFlow
+
+    problem = run_dir_problem(FLAGS.run_dir)
+    if problem:
+        return problem
     ckpt_dir = os.path.join(FLAGS.run_dir, "checkpoints")
     if FLAGS.checkpoint is None and not os.path.isfile(os.path.join(ckpt_dir, "checkpoint")):
         return f"--run_dir={FLAGS.run_dir} has no checkpoint in {ckpt_dir} (has the run saved one yet?)"

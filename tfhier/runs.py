@@ -30,9 +30,11 @@ import re
 from typing import Optional
 
 import numpy as np
-import tensorflow as tf
 
 from tfhier.data.base import SequenceData
+
+# TensorFlow is imported by the functions that use it: run_dir_problem() lets the command lines refuse a bad
+# --run_dir before the seconds that importing TensorFlow takes.
 
 #: ``train.py`` flags that decide the data, and the ``load_dataset`` argument each sets
 DATA_FLAGS = {"dataset": "name", "data_dir": "data_dir", "seed": "seed", "sample_rate": "sample_rate",
@@ -65,12 +67,23 @@ def _require_run_dir(run_dir) -> str:
     return str(run_dir)
 
 
+def run_dir_problem(run_dir) -> Optional[str]:
+    """Why ``run_dir`` is not a training run directory (unset, missing, no ``config.json``), or None."""
+    if not run_dir:
+        return "--run_dir is required (a training run directory)"
+    if not os.path.isdir(run_dir):
+        return f"--run_dir={run_dir} does not exist or is not a directory"
+    if not os.path.isfile(os.path.join(run_dir, "config.json")):
+        return f"--run_dir={run_dir} has no config.json: not a training run directory"
+    return None
+
+
 def read_config(run_dir) -> dict:
     """``R/config.json`` as a dict (model, model_config, dataset, feature_dim, kind, data_info)."""
-    run_dir = _require_run_dir(run_dir)
-    path = os.path.join(run_dir, "config.json")
-    if not os.path.exists(path):
-        raise RunError(f"--run_dir={run_dir} has no config.json: not a training run directory")
+    problem = run_dir_problem(run_dir)
+    if problem:
+        raise RunError(problem)
+    path = os.path.join(str(run_dir), "config.json")
     try:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
@@ -122,6 +135,8 @@ def read_flags(run_dir) -> dict:
 def latest_checkpoint(run_dir, which="checkpoints") -> str:
     """Path prefix of the latest checkpoint in ``R/checkpoints`` (or ``R/best`` with ``which='best'``:
     the checkpoint with the best validation bound); RunError when there is none."""
+    import tensorflow as tf
+
     ckpt_dir = os.path.join(_require_run_dir(run_dir), which)
     path = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
     if not path:
@@ -131,6 +146,8 @@ def latest_checkpoint(run_dir, which="checkpoints") -> str:
 
 def checkpoint_step(path) -> int:
     """The optimizer step stored in checkpoint ``path`` (from its ``ckpt-N`` name if not stored)."""
+    import tensorflow as tf
+
     try:
         reader = tf.train.load_checkpoint(path)
         for key in ("optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE",
@@ -152,6 +169,8 @@ def restore_model_weights(model, checkpoint: str) -> int:
     checkpoint does not provide is detected (training never saves non-finite
     weights) and raises :class:`RunError`.
     """
+    import tensorflow as tf
+
     from tfhier.training import model_variables
 
     weights = [v for v in model.variables if "float" in str(v.dtype)]
@@ -177,6 +196,8 @@ def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict]
       checkpoint: a checkpoint path prefix (``.../ckpt-N``); default: the latest in ``R/checkpoints``.
       config: the run's config (default: read from ``R/config.json``).
     """
+    import tensorflow as tf
+
     from tfhier.models import build_model
 
     config = config or read_config(run_dir)
