@@ -163,13 +163,24 @@ def main(argv):
         logging.flush()
         sys.exit(f"{PROG}: error: {e}")
 
+    method = FLAGS.method
+    if method == "cached" and not model.has_cached_generator:
+        from tfhier.models.base import naive_generation_problem
+
+        total = FLAGS.num_steps + (0 if prefix is None else len(prefix))
+        problem = naive_generation_problem(model, total)
+        if problem:
+            sys.exit(f"{PROG}: error: {problem} (give --method=naive to draw them anyway)")
+        print(f"{PROG}: warning: {model.NAME} has no cached generator; drawing with the naive sampler "
+              f"(cost quadratic in the length)", file=sys.stderr, flush=True)
+        method = "naive"
     out = FLAGS.out or os.path.join(FLAGS.run_dir, "samples", f"sample_{FLAGS.seed}")
     start = time.perf_counter()
-    x = draw(model, FLAGS.method, FLAGS.num_samples, FLAGS.num_steps, FLAGS.seed, FLAGS.temperature, prefix)
+    x = draw(model, method, FLAGS.num_samples, FLAGS.num_steps, FLAGS.seed, FLAGS.temperature, prefix)
     seconds = time.perf_counter() - start
     try:
         main_path = samples_lib.save_samples(x, kind, info, out)
-        meta = {"run_dir": FLAGS.run_dir, "checkpoint": checkpoint, "step": step, "method": FLAGS.method,
+        meta = {"run_dir": FLAGS.run_dir, "checkpoint": checkpoint, "step": step, "method": method,
                 "num_samples": FLAGS.num_samples, "num_steps": FLAGS.num_steps, "seed": [FLAGS.seed, 0],
                 "temperature": FLAGS.temperature, "prime_split": FLAGS.prime_split,
                 "prime_index": FLAGS.prime_index if prefix is not None else None,
@@ -184,7 +195,7 @@ def main(argv):
     except OSError as e:
         sys.exit(f"{PROG}: error: cannot write {out}.*: {e}")
     primed = f", continuing {len(prefix)} steps of {FLAGS.prime_split}[{FLAGS.prime_index}]" if prefix is not None else ""
-    print(f"{FLAGS.num_samples} samples x {FLAGS.num_steps} steps ({FLAGS.method}{primed}) from {checkpoint} "
+    print(f"{FLAGS.num_samples} samples x {FLAGS.num_steps} steps ({method}{primed}) from {checkpoint} "
           f"in {seconds:.1f} s", flush=True)
     print(f"written: {out}.npz, {main_path}", flush=True)
 

@@ -20,15 +20,16 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 from absl import app, flags, logging  # noqa: E402
 
-from tfhier.data import DATASETS, DEFAULT_HEADS  # noqa: E402
-from tfhier.heads import HEADS  # noqa: E402
+from tfhier.data import DATASETS  # noqa: E402
 from tfhier.models import MODELS  # noqa: E402
+from tfhier.models import define_flags as define_model_flags  # noqa: E402
 from tfhier.objectives import KL_REGULARIZERS  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 # What and where.
-flags.DEFINE_enum("model", "msstcn", sorted(MODELS), "Model to train.")
+flags.DEFINE_enum("model", "msstcn", sorted(MODELS), "Model to train: " + "; ".join(
+    f"{name}: {cls.DESCRIPTION}" for name, cls in sorted(MODELS.items())) + ".")
 flags.DEFINE_enum("dataset", "hershey", list(DATASETS), "Data source (hershey is embedded: no download).")
 flags.DEFINE_string("data_dir", None, "Downloaded data: a directory (iam_ondb, audio) or file (polyphonic pickle, "
                     "mnist npz).")
@@ -75,41 +76,13 @@ flags.DEFINE_integer("frame_width", 200, "audio: waveform samples per time step.
 flags.DEFINE_integer("num_lines", 2000, "hershey: training lines to render.")
 flags.DEFINE_string("synthetic_setting", "train", "vhrnn_synthetic: which test setting forms the test split.")
 
-# MS-STCN (appendix A.1; one entry per latent layer, layer 1 = closest to the data).
-flags.DEFINE_enum("head", "auto", ["auto"] + sorted(HEADS), "Output distribution (auto: by data kind).")
-flags.DEFINE_integer("head_components", 10, "Mixture components of the output head.")
-flags.DEFINE_list("channels", "64,64,64,64,64", "Filters per layer.")
-flags.DEFINE_list("latent_dims", "8,8,8,4,2", "Latent units per layer and step.")
-flags.DEFINE_list("strides", "1,2,2,2,1", "Downsampling factor of each layer relative to the one below.")
-flags.DEFINE_string("bu_dilations", "1,1,1,1;1,1,1,1;1,1,1,1;1,1,1,1;1,2,4,8",
-                    "Bottom-up dilations: one comma list per layer, layers separated by ';'.")
-flags.DEFINE_integer("td_blocks", 2, "WaveNet blocks in each top-down stack.")
-flags.DEFINE_integer("kernel_size", 2, "Bottom-up convolution kernel size.")
-flags.DEFINE_enum("gen_post", "conditional", ["conditional", "plain"],
-                  "How z enters the top-down output stack: eq. 12 conditioning or concatenation.")
-flags.DEFINE_enum("downsampling", "strided", ["strided", "sum_pool"],
-                  "strided: the paper's strided conv + average; sum_pool: the authors' code.")
+flags.DEFINE_string("model_config", None, "Model hyperparameters as a JSON object (or the path of a JSON file), "
+                    "e.g. '{\"channels\": [32, 32]}'; overrides the model flags below.")
 
-
-def _int_list(flag_name, values):
-    try:
-        return [int(v) for v in values]
-    except ValueError:
-        raise ValueError(f"--{flag_name} must be a comma-separated list of integers, got {','.join(values)!r}") from None
-
-
-def model_config_from_flags(data) -> dict:
-    """The model's constructor arguments from the flags (see tfhier.models)."""
-    head = DEFAULT_HEADS[data.kind] if FLAGS.head == "auto" else FLAGS.head
-    if FLAGS.model == "msstcn":
-        dilations = [_int_list("bu_dilations", layer.split(",")) for layer in FLAGS.bu_dilations.split(";")]
-        return {"head": head, "head_components": FLAGS.head_components,
-                "channels": _int_list("channels", FLAGS.channels),
-                "latent_dims": _int_list("latent_dims", FLAGS.latent_dims),
-                "strides": _int_list("strides", FLAGS.strides), "bu_dilations": dilations,
-                "td_blocks": FLAGS.td_blocks, "kernel_size": FLAGS.kernel_size, "gen_post": FLAGS.gen_post,
-                "downsampling": FLAGS.downsampling, "noise_seed": FLAGS.seed}
-    raise ValueError(f"--model={FLAGS.model} has no flag mapping")
+# Model hyperparameters: each model declares its own (tfhier/models/*.py HPARAMS); a flag shared by several models
+# means the same in each. A model's flag given to a model that does not use it is an error.
+_OWN_FLAGS = {name for name in FLAGS}
+define_model_flags(FLAGS, module_name=sys.argv[0] if __name__ == "__main__" else __name__, reserved=_OWN_FLAGS)
 
 
 def flags_text() -> str:
@@ -118,11 +91,20 @@ def flags_text() -> str:
     return "".join(f.serialize() + "\n" for f in sorted(own, key=lambda f: f.name) if f.serialize())
 
 
+def model_config_from_flags(feature_dim, kind) -> dict:
+    """The model's hyperparameters from the flags, checked by building the model (no weights, no data)."""
+    from tfhier.models import build_model, config_from_flags
+
+    config = config_from_flags(FLAGS.model, FLAGS, kind, FLAGS.model_config)
+    build_model(FLAGS.model, feature_dim, config)  # raises on an unusable combination, naming the flag
+    return config
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from tfhier import training
-    from tfhier.data import DataError, load_dataset
+    from tfhier.data import DataError, dataset_shape, load_dataset
 
     # TF's own INFO lines (checkpoint sharding etc.) drown the progress bar; --verbosity=0 brings them back.
     # Set after importing TF, which resets the level.
@@ -136,13 +118,17 @@ def main(argv):
                                          for f in training.dataclasses.fields(training.TrainSettings)})
     settings.verbose = "auto" if FLAGS.verbose == "auto" else int(FLAGS.verbose)
     try:
+        # Every flag is checked before any data is read.
+        settings.validate()
+        kind, feature_dim = dataset_shape(FLAGS.dataset, FLAGS.frame_width)
+        model_config = model_config_from_flags(feature_dim, kind)
         data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
                             frame_width=FLAGS.frame_width, num_lines=FLAGS.num_lines,
                             setting=FLAGS.synthetic_setting)
         print(f"{FLAGS.dataset}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
               f"sequences of {data.feature_dim}-d steps", flush=True)
-        training.train(FLAGS.run_dir, FLAGS.model, model_config_from_flags(data), data, settings,
-                       flags_text=flags_text())
+        model_config["noise_seed"] = FLAGS.seed
+        training.train(FLAGS.run_dir, FLAGS.model, model_config, data, settings, flags_text=flags_text())
     except (DataError, training.RunDirError, ValueError, FloatingPointError) as e:
         logging.flush()
         sys.exit(f"train.py: error: {e}")

@@ -1,11 +1,16 @@
-"""Benchmark: MS-STCN generation time (configs/iam.cfg model sizes), cached vs naive, on CPU.
+"""Benchmark: generation time of every convolutional model at its IAM-OnDB size, cached vs naive, on CPU.
 
-    python bench/generation.py                       # everything below
+    python bench/generation.py --models=msstcn       # everything below, for MS-STCN
+    python bench/generation.py --methods=cached,naive --steps=700 --samples=1   # every model, 1 x 700
     python bench/generation.py --methods=cached,xla --steps=700,1400 --samples=1,64
     python bench/generation.py --saved_model=exports/msstcn/1   # also time its `sample` signature
     python bench/generation.py --saved_model=export   # ... of this benchmark's own model, exported
 
-Methods (random weights: the cost does not depend on their values):
+Models (``--models``, default: every registered model): each is built from its
+IAM-OnDB flagfile (``configs/iam.cfg`` for msstcn, ``configs/<model>_iam.cfg``
+for the others), with random weights (the cost does not depend on their values).
+
+Methods:
 
 * ``cached``: ``model.generate`` (tfhier.generation, per-layer state, constant
   cost per step) in one graph-mode tf.function with tensor arguments, the way
@@ -52,6 +57,7 @@ warnings.filterwarnings("ignore")
 
 from absl import app, flags  # noqa: E402
 
+flags.DEFINE_list("models", [], "Models to time (default: every registered model).")
 flags.DEFINE_list("methods", ["cached", "xla", "naive"], "Any of cached, xla, naive (saved_model is added by "
                   "--saved_model).")
 flags.DEFINE_list("steps", ["700", "1400"], "Sequence lengths to time.")
@@ -97,27 +103,62 @@ def _entry(method, n, t, trace, first, walls, cpus, **extra):
             "ms_per_step": round(1e3 * min(walls) / t, 4), **extra}
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def iam_model(name):
+    """Model ``name`` at the size of its IAM-OnDB flagfile, random weights; and the flagfile's path."""
+    from tfhier.models import MODELS, build_model
+    from tfhier.runs import parse_flags_text
+
+    path = os.path.join(REPO, "configs", "iam.cfg" if name == "msstcn" else f"{name}_iam.cfg")
+    with open(path, encoding="utf-8") as f:
+        values = parse_flags_text(f.read(), path)
+    if values.get("model") != name:
+        sys.exit(f"bench/generation.py: error: {path} is not a --model={name} flagfile")
+    config = {h.name: h.parse(values[h.name], f"{path}: --{h.name}") for h in MODELS[name].HPARAMS if h.name in values}
+    return build_model(name, 3, config).build_for_data(), os.path.relpath(path, REPO)
+
+
 def main(_):
-    import numpy as np
     import tensorflow as tf
 
-    from tfhier.models import MSSTCN
+    from tfhier.models import MODELS
 
-    steps = [int(s) for s in FLAGS.steps]
-    samples = [int(s) for s in FLAGS.samples]
     unknown = set(FLAGS.methods) - {"cached", "xla", "naive"}
     if unknown:
         sys.exit(f"bench/generation.py: error: unknown --methods {sorted(unknown)}")
+    names = FLAGS.models or sorted(MODELS)
+    bad = sorted(set(names) - set(MODELS))
+    if bad:
+        sys.exit(f"bench/generation.py: error: unknown --models {bad}; registered: {sorted(MODELS)}")
     load_before = _load_average()
-    model = MSSTCN(3).build_for_data()  # MSSTCN defaults = configs/iam.cfg's model
+    reports = []
+    for name in names:
+        model, config = iam_model(name)
+        reports.append(time_model(name, model, config))
+    print(json.dumps({
+        "benchmark": "generation", "temperature": FLAGS.temperature, "repeats": FLAGS.repeats,
+        "authors_700x1_s_reference": AUTHORS_700X1_S, "models": reports,
+        "load_average_1min": {"before": load_before, "after": _load_average()}, "cpu_count": os.cpu_count(),
+        "machine": platform.machine(), "tensorflow": tf.__version__}, indent=1))
+
+
+def time_model(name, model, config):
+    """Times every method for one model; returns its JSON report."""
+    import numpy as np
+    import tensorflow as tf
+
+    steps = [int(s) for s in FLAGS.steps]
+    samples = [int(s) for s in FLAGS.samples]
     seed = tf.constant([0, 0], tf.int32)
     temperature = tf.constant(FLAGS.temperature, tf.float32)
     results, notes = [], []
     graph_out = {}
+    print(f"timing {name} ({model.count_params():,} parameters)", file=sys.stderr, flush=True)
 
     if "cached" in FLAGS.methods:
-        gen = model.generator()
-        fn = tf.function(lambda n, t, s, temp: gen.sample(n, t, s, temp), autograph=False)
+        fn = tf.function(lambda n, t, s, temp: model.generate(n, t, s, temp), autograph=False)
         start = time.perf_counter()
         fn.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
                                  tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32))
@@ -131,10 +172,9 @@ def main(_):
                                       graph="one tf.function, tensor arguments (dynamic shapes)"))
                 trace = None  # traced once for all sizes; first_call_s of later sizes is a plain run
     if "xla" in FLAGS.methods:
-        gen = model.generator()
         for n in samples:
             for t in steps:
-                fn = tf.function(lambda s, temp, n=n, t=t: gen.sample(n, t, s, temp), autograph=False,
+                fn = tf.function(lambda s, temp, n=n, t=t: model.generate(n, t, s, temp), autograph=False,
                                  jit_compile=True)
                 start = time.perf_counter()
                 fn.get_concrete_function(tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.float32))
@@ -208,7 +248,7 @@ def main(_):
     summary = {}
     for method in ("cached", "xla", "saved_model", "naive"):
         one = warm(method, 1, 700)
-        if one:
+        if one and name == "msstcn":  # the reference is the authors' MS-STCN sampler
             summary[f"{method}_speedup_vs_authors_700x1"] = round(AUTHORS_700X1_S / one, 1)
         for n in samples:
             a, b = warm(method, n, 700), warm(method, n, 1400)
@@ -216,14 +256,8 @@ def main(_):
                 summary[f"{method}_ratio_1400_over_700_x{n}"] = round(b / a, 3)
     if warm("cached", 1, 700) and warm("naive", 1, 700):
         summary["cached_speedup_vs_naive_700x1"] = round(warm("naive", 1, 700) / warm("cached", 1, 700), 1)
-    print(json.dumps({
-        "benchmark": "msstcn_generation", "config": "configs/iam.cfg model (MSSTCN(3) defaults), random weights",
-        "params": model.count_params(), "temperature": FLAGS.temperature, "repeats": FLAGS.repeats,
-        "authors_700x1_s_reference": AUTHORS_700X1_S, "targets": {"speedup_vs_authors_700x1": ">= 20",
-                                                                 "ratio_1400_over_700": "<= 2.2"},
-        "summary": summary, "results": results, "notes": notes,
-        "load_average_1min": {"before": load_before, "after": _load_average()}, "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "tensorflow": tf.__version__}, indent=1))
+    return {"model": name, "config": f"{config} model, random weights", "params": model.count_params(),
+            "cached_generator": model.has_cached_generator, "summary": summary, "results": results, "notes": notes}
 
 
 if __name__ == "__main__":

@@ -40,8 +40,9 @@ flags.DEFINE_integer("version", None, "Integer version folder to write (default:
                      "An existing version is never overwritten.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints/ckpt-N), or 'best' (the run's "
                     "best-validation checkpoint, R/best/); default: the latest.")
-flags.DEFINE_integer("max_steps", 5000, "Largest num_steps the sample and continue signatures accept (and the "
-                     "longest prefix continue accepts).")
+flags.DEFINE_integer("max_steps", None, "Largest num_steps the sample and continue signatures accept (and the "
+                     "longest prefix continue accepts). Default 5000 (1000 for a model without a cached generator, "
+                     "whose sampler costs quadratic time).")
 flags.DEFINE_integer("max_samples", 256, "Largest num_samples the sample signature accepts (and the most "
                      "prefixes continue accepts).")
 
@@ -61,7 +62,7 @@ def check_flags():
     if FLAGS.version is not None and FLAGS.version < 1:
         return f"--version must be an integer >= 1, got {FLAGS.version}"
     for name in ("max_steps", "max_samples"):
-        if FLAGS[name].value < 1:
+        if FLAGS[name].value is not None and FLAGS[name].value < 1:
             return f"--{name} must be an integer >= 1, got {FLAGS[name].value}"
     return None
 
@@ -103,9 +104,10 @@ def main(argv):
     except (RunError, serving.ExportError) as e:
         sys.exit(f"export.py: error: {e}")
     names = ", ".join(result.info["signatures"])
+    limits = result.info["limits"]
     print(f"exported {FLAGS.run_dir} (checkpoint step {result.step}) as model {result.model_name!r} version "
-          f"{result.version}: {result.path}\nsignatures: {names}; limits: max_steps={FLAGS.max_steps}, "
-          f"max_samples={FLAGS.max_samples}", flush=True)
+          f"{result.version}: {result.path}\nsignatures: {names}; limits: max_steps={limits['max_steps']}, "
+          f"max_samples={limits['max_samples']}", flush=True)
 
 
 if __name__ == "__main__":

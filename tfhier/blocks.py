@@ -7,11 +7,23 @@ keeps the kernels in a layout that cached (incremental) generation can reuse.
 
 Shapes: sequences are ``[batch, time, channels]``.
 
+Streaming (cached generation, Fast WaveNet style: Paine et al. 2016, arXiv
+1611.09482): every layer that can run one step at a time says so itself.
+``initial_state(batch)`` is the state before the first step (a tuple of
+``[B, C]`` tensors; ``()`` for layers without memory) and ``step(state, ...)``
+takes one step's inputs (``[B, C]`` tensors) and returns its outputs and the
+new state, equal to what ``call`` gives over the whole sequence.  A causal
+convolution's state is the queue of its last ``(k-1)*d`` inputs; a stack's
+state is its blocks' states.  Models compose these into cached generators.
+Inside a generation loop, :func:`step_weights` makes every weight be read
+once per loop body rather than once per use.
+
 References are to MS-STCN (Andersson et al. 2021) equation numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
@@ -44,6 +56,74 @@ def time_slice(x, start, length):
     return y
 
 
+class WeightReader:
+    """How the ``step`` methods read weights (see :func:`step_weights`).
+
+    ``read(variable)`` is the weight's value; ``affine(x, kernel, bias)`` is
+    ``x @ W + b`` for one step ``x`` [B, C_in], computed as one MatMul of
+    ``[x, 1]`` with ``W`` stacked on ``b``: Grappler fuses a MatMul followed by a
+    BiasAdd into oneDNN's ``_FusedMatMul``, which at one-step sizes costs ~3x a
+    plain MatMul, and these products are most of a generation step
+    (bench/generation.py).  With ``memoize``, each weight (and each stacked
+    ``[W; b]``) is computed once per graph it is first used in (a loop body),
+    not once per use.
+    """
+
+    def __init__(self, memoize=False):
+        self._memo = {} if memoize else None
+
+    def _cached(self, key, make):
+        if self._memo is None:
+            return make()
+        key = key + (id(tf.compat.v1.get_default_graph()),)  # a nested loop body is another graph
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
+    def __call__(self, variable):
+        return self._cached(("value", id(variable)), lambda: tf.convert_to_tensor(variable))
+
+    def affine(self, x, kernel, bias, kernel_fn=None, bias_fn=None):
+        """``x @ kernel_fn(kernel) + bias_fn(bias)`` for ``x`` [B, C_in] (``bias`` may be None); ``kernel_fn``
+        maps the kernel variable's value to [C_in, C_out] (default: as it is), ``bias_fn`` the bias to [C_out]."""
+        kernel_fn = kernel_fn or (lambda k: k)
+        if bias is None:
+            return tf.matmul(x, self._cached(("kernel", id(kernel)), lambda: kernel_fn(self(kernel))))
+        bias_fn = bias_fn or (lambda b: b)
+        w = self._cached(("affine", id(kernel), id(bias)),
+                         lambda: tf.concat([kernel_fn(self(kernel)), bias_fn(self(bias))[None]], axis=0))
+        return tf.matmul(tf.pad(x, [[0, 0], [0, 1]], constant_values=1.0), w)
+
+
+_READERS = [WeightReader()]
+
+
+@contextlib.contextmanager
+def step_weights(memoize=True):
+    """Within this context the ``step`` methods share one :class:`WeightReader` (memoized by default).
+
+    A generation loop opens it inside its body, so each weight is read once
+    per iteration however many steps the body unrolls.
+    """
+    _READERS.append(WeightReader(memoize))
+    try:
+        yield _READERS[-1]
+    finally:
+        _READERS.pop()
+
+
+def step_affine(x, kernel, bias, kernel_fn=None, bias_fn=None):
+    """:meth:`WeightReader.affine` with the current reader."""
+    return _READERS[-1].affine(x, kernel, bias, kernel_fn, bias_fn)
+
+
+def _zeros_state(batch, channels, length):
+    if not length:
+        return ()
+    zeros = tf.zeros(tf.stack([batch, channels]))
+    return tuple(zeros for _ in range(length))
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class CausalConv1D(keras.layers.Layer):
     """Causal dilated convolution, eq. (2): ``out_t = b + sum_j W_j x_{t-(k-1-j)d}`` (tap 0 is the oldest).
@@ -74,6 +154,39 @@ class CausalConv1D(keras.layers.Layer):
     @property
     def receptive_field(self):
         return (self.kernel_size - 1) * self.dilation_rate + 1
+
+    @property
+    def memory(self):
+        """Past inputs a step needs: ``(k-1)*d``."""
+        return (self.kernel_size - 1) * self.dilation_rate
+
+    def initial_state(self, batch):
+        """The queue before the first step: ``memory`` zero inputs (the layer's left zero padding)."""
+        return _zeros_state(batch, int(self.kernel.shape[1]), self.memory)
+
+    def step(self, state, xs):
+        """Outputs for new consecutive inputs ``xs`` (a list of ``[B, C_in]``): ``(list of [B, C_out], state)``.
+
+        The state is a tuple of the last ``memory`` inputs, oldest first (a
+        tuple, so moving the queue on costs no op); tap j (0 = oldest)
+        multiplies ``x_{t-(k-1-j)d}``, the kernel layout of ``call``.
+        """
+        k, memory = self.kernel_size, self.memory
+        in_channels = int(self.kernel.shape[1])
+        flat = (lambda w: w[0]) if k == 1 else (lambda w: tf.reshape(w, (k * in_channels, -1)))
+        buf = list(state) + list(xs)  # buf[memory + i] is xs[i]
+        ys = []
+        for i in range(len(xs)):
+            taps = buf[i: i + memory + 1: self.dilation_rate]  # k entries, oldest first
+            taps = taps[0] if k == 1 else tf.concat(taps, axis=-1)
+            ys.append(step_affine(taps, self.kernel, self.bias, kernel_fn=flat))
+        return ys, (tuple(buf[len(buf) - memory:]) if memory else ())
+
+    def step1(self, x):
+        """A kernel-1 (stateless) convolution on one step ``x`` [B, C_in] -> [B, C_out]."""
+        if self.kernel_size != 1:
+            raise ValueError(f"{self.name}: step1 is for kernel size 1; use step(state, xs)")
+        return step_affine(x, self.kernel, self.bias, kernel_fn=lambda w: w[0])
 
     def call(self, x):
         k, d = self.kernel_size, self.dilation_rate
@@ -122,6 +235,11 @@ class StridedConv1D(keras.layers.Layer):
         frames = tf.reshape(x, (b, t // self.factor, self.factor * c))
         return _matmul_last(frames, tf.reshape(self.kernel, (-1, self.filters)), self.bias)
 
+    def step(self, xs):
+        """One coarse step from the list of its S fine inputs ``[B, C_in]`` (oldest first): ``[B, C_out]``."""
+        frame = tf.concat(xs, axis=-1)
+        return step_affine(frame, self.kernel, self.bias, kernel_fn=lambda w: tf.reshape(w, (-1, self.filters)))
+
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "factor": self.factor}
 
@@ -150,6 +268,13 @@ class StridedConv1DTranspose(keras.layers.Layer):
         y = _matmul_last(x, tf.reshape(self.kernel, (x.shape[-1], -1)))
         return tf.nn.bias_add(tf.reshape(y, (b, t * self.factor, self.filters)), self.bias)
 
+    def step(self, x):
+        """One coarse step ``x`` [B, C_in] -> its S fine outputs ``[B, S, C_out]`` (fine step j gets kernel[:, j])."""
+        c_in = int(self.kernel.shape[0])
+        y = step_affine(x, self.kernel, self.bias, kernel_fn=lambda w: tf.reshape(w, (c_in, -1)),
+                        bias_fn=lambda b: tf.tile(b, [self.factor]))
+        return tf.reshape(y, (-1, self.factor, self.filters))
+
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "factor": self.factor}
 
@@ -160,6 +285,42 @@ class Delay(keras.layers.Layer):
 
     def call(self, x):
         return time_slice(tf.pad(x, [[0, 0], [1, 0], [0, 0]]), 0, tf.shape(x)[1])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PointwiseMLP(keras.layers.Layer):
+    """A stack of 1x1 convolutions: ``hidden`` layers with ``activation``, then an optional linear output layer.
+
+    STCN's latent and output networks ("2 1x1 convolutions with ReLU", STCN
+    appendix 6.1) and WaveNet's output layers.  ``out_initializer='zeros'`` makes
+    a latent projection start at zero (every KL starts at 0).
+    """
+
+    def __init__(self, hidden=(), out_units=None, activation="relu", out_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = [int(u) for u in hidden]
+        self.out_units = None if out_units is None else int(out_units)
+        self.activation = activation
+        self.out_initializer = out_initializer
+        self._act = keras.activations.get(activation)
+        self.layers_ = [CausalConv1D(u, 1, name=f"hidden_{i}") for i, u in enumerate(self.hidden)]
+        self.out = (None if self.out_units is None else
+                    CausalConv1D(self.out_units, 1, kernel_initializer=out_initializer, name="out"))
+
+    def call(self, x):
+        for layer in self.layers_:
+            x = self._act(layer(x))
+        return x if self.out is None else self.out(x)
+
+    def step1(self, x):
+        """The same on one step ``x`` [B, C] (stateless)."""
+        for layer in self.layers_:
+            x = self._act(layer.step1(x))
+        return x if self.out is None else self.out.step1(x)
+
+    def get_config(self):
+        return {**super().get_config(), "hidden": self.hidden, "out_units": self.out_units,
+                "activation": self.activation, "out_initializer": self.out_initializer}
 
 
 def gate(a):
@@ -191,11 +352,12 @@ class WaveNetBlock(keras.layers.Layer):
     paper is silent; a projection is the usual ResNet choice).
     """
 
-    def __init__(self, channels, kernel_size=1, dilation_rate=1, **kwargs):
+    def __init__(self, channels, kernel_size=1, dilation_rate=1, return_skip=False, **kwargs):
         super().__init__(**kwargs)
         self.channels = int(channels)
         self.kernel_size = int(kernel_size)
         self.dilation_rate = int(dilation_rate)
+        self.return_skip = bool(return_skip)
         self.gate_conv = CausalConv1D(2 * self.channels, self.kernel_size, self.dilation_rate, name="gate_conv")
         self.out_conv = CausalConv1D(self.channels, 1, name="out_conv")
         self.skip_proj = None
@@ -205,13 +367,27 @@ class WaveNetBlock(keras.layers.Layer):
             self.skip_proj = CausalConv1D(self.channels, 1, use_bias=False, name="skip_proj")
 
     def call(self, x, cond=None):
+        """The block's output, or with ``return_skip`` ``(output, residual branch)``: the branch
+        ``Conv1x1(gate)`` is WaveNet's skip output."""
         a = self.gate_conv(x if cond is None else tf.concat([x, cond], axis=-1))
         identity = x if self.skip_proj is None else self.skip_proj(x)
-        return identity + self.out_conv(gate(a))
+        residual = self.out_conv(gate(a))
+        return (identity + residual, residual) if self.return_skip else identity + residual
+
+    def initial_state(self, batch):
+        return self.gate_conv.initial_state(batch)
+
+    def step(self, state, x, cond=None):
+        """One step ``x`` [B, C] (``cond`` [B, C_c]): ``(output, skip, state)``."""
+        inp = x if cond is None else tf.concat([x, cond], axis=-1)
+        (a,), state = self.gate_conv.step(state, [inp])
+        identity = x if self.skip_proj is None else self.skip_proj.step1(x)
+        residual = self.out_conv.step1(gate(a))
+        return identity + residual, residual, state
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "kernel_size": self.kernel_size,
-                "dilation_rate": self.dilation_rate}
+                "dilation_rate": self.dilation_rate, "return_skip": self.return_skip}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -259,6 +435,24 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
             identity = self.skip_proj(identity)
         return identity + residual
 
+    def initial_state(self, batch):
+        return () if self.mode == "strided" else self.gate_conv.initial_state(batch)
+
+    def step(self, state, xs):
+        """One coarse step from the list of its S inputs ``[B, C_in]`` (oldest first): ``(output, state)``."""
+        s = self.factor
+        if self.mode == "strided":
+            residual = self.out_conv.step1(gate(self.gate_conv.step(xs)))
+            identity = tf.reduce_mean(tf.stack(xs, axis=1), axis=1)
+        else:
+            # The unstrided causal conv runs at the input rate over the S inputs, then sum / sqrt(S).
+            a, state = self.gate_conv.step(state, xs)
+            residual = tf.add_n([self.out_conv.step1(gate(a_i)) for a_i in a]) / math.sqrt(s)
+            identity = tf.add_n(list(xs)) / math.sqrt(s)
+        if self.skip_proj is not None:
+            identity = self.skip_proj.step1(identity)
+        return identity + residual, state
+
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "factor": self.factor, "mode": self.mode,
                 "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate}
@@ -290,6 +484,16 @@ class UpsamplingWaveNetBlock(keras.layers.Layer):
         a = self.gate_conv(x if cond is None else tf.concat([x, cond], axis=-1))
         identity = x if self.skip_proj is None else self.skip_proj(x)
         return tf.repeat(identity, self.factor, axis=1) + self.out_conv(gate(a))
+
+    def initial_state(self, batch):
+        return ()
+
+    def step(self, state, x, cond=None):
+        """One coarse step ``x`` [B, C]: ``(list of its S fine outputs [B, C_out], state)`` (stateless)."""
+        inp = x if cond is None else tf.concat([x, cond], axis=-1)
+        a = gate(self.gate_conv.step1(inp))
+        identity = x if self.skip_proj is None else self.skip_proj.step1(x)
+        return tf.unstack(identity[:, None] + self.out_conv.step(a), num=self.factor, axis=1), state
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "factor": self.factor}
@@ -349,6 +553,41 @@ class WaveNet(keras.layers.Layer):
             else:
                 x = block(x, cond) if self.conditional else block(x)
         return x
+
+    # -- streaming -----------------------------------------------------------------------
+    def initial_state(self, batch):
+        """One state per block (``()`` for blocks without memory: kernel-1 stacks are stateless)."""
+        return tuple(block.initial_state(batch) for block in self.blocks)
+
+    @property
+    def stateless(self):
+        """True when no block keeps past inputs: ``step`` then takes ``state=None``."""
+        return all(isinstance(b, UpsamplingWaveNetBlock) or (isinstance(b, DownsamplingWaveNetBlock) and
+                                                             b.mode == "strided") or b.gate_conv.memory == 0
+                   for b in self.blocks)
+
+    def step(self, state, xs, cond=None):
+        """One output step: ``xs`` is the list of its S inputs ``[B, C_in]`` (S = ``downsample``, 1 without
+        downsampling), ``cond`` [B, C_c] its conditioning (conditional stacks).  Returns ``(output, state)``;
+        an upsampling stack's output is the list of its U fine outputs."""
+        if len(xs) != self.downsample:
+            raise ValueError(f"{self.name}: a step takes {self.downsample} inputs, got {len(xs)}")
+        if state is None:
+            if not self.stateless:
+                raise ValueError(f"{self.name}: has memory, so a step needs its state")
+            state = ((),) * len(self.blocks)
+        if self.in_proj is not None:
+            xs = [self.in_proj.step1(x) for x in xs]
+        c = cond if self.conditional else None
+        new_state, x = list(state), None
+        for i, block in enumerate(self.blocks):
+            if isinstance(block, DownsamplingWaveNetBlock):
+                x, new_state[i] = block.step(state[i], xs)
+            elif isinstance(block, UpsamplingWaveNetBlock):
+                x, new_state[i] = block.step(state[i], xs[0] if x is None else x, c)
+            else:
+                x, _, new_state[i] = block.step(state[i], xs[0] if x is None else x, c)
+        return x, tuple(new_state)
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "dilations": self.dilations,

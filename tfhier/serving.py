@@ -88,7 +88,8 @@ class ExportError(ValueError):
 class Limits:
     """Maxima fixed at export time; requests above them are refused in the graph."""
 
-    max_steps: int = DEFAULT_MAX_STEPS  # num_steps of `sample` / `continue`; prefix length of `continue`
+    # num_steps of `sample` / `continue`; prefix length of `continue` (export_run: None = the default for the model)
+    max_steps: Optional[int] = DEFAULT_MAX_STEPS
     max_samples: int = DEFAULT_MAX_SAMPLES  # num_samples of `sample`; batch size of `continue`
 
     def validate(self):
@@ -390,11 +391,24 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
     :class:`ExportError` for a bad destination, version or limits.
     """
     from tfhier import runs
+    from tfhier.models.base import NAIVE_MAX_STEPS, naive_generation_problem
 
-    limits.validate()
+    Limits(max_steps=limits.max_steps or 1, max_samples=limits.max_samples).validate()
     model_name, version, model_dir, version_dir = plan_export(run_dir, export_base, version, model_name)
     config = runs.read_config(run_dir)
     model, ckpt, step = runs.load_model(run_dir, checkpoint, config)
+    if limits.max_steps is None:  # not given: the default, or the naive sampler's limit without a cached generator
+        limits = dataclasses.replace(limits, max_steps=DEFAULT_MAX_STEPS if model.has_cached_generator else
+                                     min(DEFAULT_MAX_STEPS, NAIVE_MAX_STEPS))
+    limits.validate()
+    problem = naive_generation_problem(model, limits.max_steps, "the sample and continue signatures drawing")
+    if problem:
+        raise ExportError(f"{problem}: give --max_steps <= the limit")
+    if not model.has_cached_generator:
+        import warnings
+
+        warnings.warn(f"{model.NAME} has no cached generator: the sample and continue signatures re-run the network "
+                      f"at every step (cost quadratic in num_steps)")
     info = {
         "format": "tfhier SavedModel export, version 1",
         "model_name": model_name,

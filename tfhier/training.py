@@ -36,6 +36,7 @@ from tfhier import objectives
 from tfhier.data.base import SequenceData
 from tfhier.data.pipeline import make_dataset
 from tfhier.models import build_model
+from tfhier.models.base import naive_generation_problem
 from tfhier import samples as samples_lib
 
 
@@ -111,12 +112,26 @@ def _jsonable(info: dict) -> dict:
     return out
 
 
-def run_config(model_name, model_config, data: SequenceData) -> dict:
-    return {"model": model_name, "model_config": model_config, "dataset": data.name,
+def run_config(model, data: SequenceData) -> dict:
+    """What ``config.json`` says of a run: the model's name and its whole ``get_config()`` (every hyperparameter,
+    defaults included, so a later change of a default never changes how this run is rebuilt), and the data."""
+    return {"model": model.NAME, "model_config": model.get_config(), "dataset": data.name,
             "feature_dim": data.feature_dim, "kind": data.kind, "data_info": _jsonable(data.info)}
 
 
 IDENTITY_KEYS = ("model", "model_config", "dataset", "feature_dim")
+
+
+def _saved_identity(old: dict) -> dict:
+    """The identity of a saved config, its model config completed with the defaults it was saved without
+    (runs written before a hyperparameter existed); unchanged when the model cannot be rebuilt from it."""
+    identity = {k: old.get(k) for k in IDENTITY_KEYS}
+    try:
+        model = build_model(old["model"], int(old["feature_dim"]), dict(old["model_config"]))
+        identity["model_config"] = model.get_config()
+    except (KeyError, TypeError, ValueError):
+        pass
+    return json.loads(json.dumps(identity))
 
 
 def check_run_dir(run_dir, config) -> bool:
@@ -134,7 +149,7 @@ def check_run_dir(run_dir, config) -> bool:
         except (OSError, json.JSONDecodeError) as e:
             raise RunDirError(f"--run_dir={run_dir}: cannot read {config_path} ({e}); "
                               f"use a new --run_dir") from None
-        old_id = {k: old.get(k) for k in IDENTITY_KEYS}
+        old_id = _saved_identity(old)
         new_id = json.loads(json.dumps({k: config[k] for k in IDENTITY_KEYS}))
         if old_id != new_id:
             diffs = _differences(old_id, new_id)
@@ -286,9 +301,6 @@ class TrainingMonitor(keras.callbacks.Callback):
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
 
-    def on_train_begin(self, logs=None):
-        self._last_step = self._step()
-
     def on_epoch_begin(self, epoch, logs=None):
         self._totals = {}  # Keras has just reset the metrics
 
@@ -360,6 +372,17 @@ class TrainingMonitor(keras.callbacks.Callback):
         if not self.failed:
             self.checkpointer.save()
 
+    def on_train_begin(self, logs=None):
+        self._last_step = self._step()
+        if self.s.num_samples and self.s.sample_steps and not self.model.has_cached_generator:
+            problem = naive_generation_problem(self.model, self.s.sample_steps, "training-time samples of")
+            if problem:
+                logging.warning("%s: no samples will be drawn during training (lower --sample_steps)", problem)
+                self.s.num_samples = 0
+            else:
+                logging.warning("%s has no cached generator: training-time samples use the naive sampler (cost "
+                                "quadratic in --sample_steps=%d)", self.model.NAME, self.s.sample_steps)
+
     def write_samples(self, step):
         if not self.s.num_samples or not self.s.sample_steps:
             return
@@ -382,13 +405,14 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
     """
     settings.validate()
     data.check()
-    config = run_config(model_name, model_config, data)
+    # The configuration (and so the check of run_dir) needs only the model object, not its weights.
+    config = run_config(build_model(model_name, data.feature_dim, model_config), data)
     resuming = check_run_dir(run_dir, config)
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(settings.seed)
 
     with strategy.scope():
-        model = build_model(model_name, data.feature_dim, model_config).build_for_data()
+        model = build_model(model_name, data.feature_dim, config["model_config"]).build_for_data()
         optimizer = make_optimizer(settings)
         objective = make_objective(settings)
         model.compile(optimizer=optimizer, objective=objective, jit_compile=settings.jit_compile)

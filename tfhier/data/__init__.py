@@ -13,6 +13,19 @@ from tfhier.data.base import DataError, SequenceData
 
 DATASETS = ("hershey", "iam_ondb", "polyphonic", "audio", "mnist", "vhrnn_synthetic")
 
+#: what each source's steps are, known before any file is read: (kind, feature size; None: set by a flag)
+DATASET_SHAPES = {"hershey": ("handwriting", 3), "iam_ondb": ("handwriting", 3), "polyphonic": ("binary", 88),
+                  "audio": ("audio", None), "mnist": ("binary", 1), "vhrnn_synthetic": ("real", 2)}
+
+
+def dataset_shape(name, frame_width=200):
+    """``(kind, feature_dim)`` that ``--dataset=name`` will produce (audio: ``frame_width``), without reading data."""
+    if name not in DATASET_SHAPES:
+        raise DataError(f"--dataset must be one of {list(DATASETS)}, got {name!r}")
+    kind, dim = DATASET_SHAPES[name]
+    return kind, int(frame_width) if dim is None else dim
+
+
 #: the output head that fits each kind of data
 DEFAULT_HEADS = {"handwriting": "handwriting", "binary": "bernoulli", "audio": "gmm", "real": "gaussian"}
 
@@ -55,4 +68,5 @@ def load_dataset(name, data_dir=None, *, seed=0, sample_rate=16000, frame_width=
     return data.check()
 
 
-__all__ = ["DATASETS", "DEFAULT_HEADS", "DataError", "SequenceData", "load_dataset"]
+__all__ = ["DATASETS", "DATASET_SHAPES", "DEFAULT_HEADS", "DataError", "SequenceData", "dataset_shape",
+           "load_dataset"]

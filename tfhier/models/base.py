@@ -1,6 +1,9 @@
 """The interface every tfhier model exposes, and the training step they share.
 
-A model is a :class:`SequenceModel` (a ``keras.Model``) that implements
+A model is a :class:`SequenceModel` (a ``keras.Model``) that declares its
+hyperparameters (``NAME``, ``HPARAMS``: see :mod:`tfhier.models.hparams`; the
+constructor takes them as keyword arguments and ``get_config`` returns all of
+them) and implements
 
 * ``forward(x, mask, *, seed, latents='posterior', temperature=1.0, training=False,
   observed_lengths=None) -> ModelOutput``: one pass over a batch; latent
@@ -9,7 +12,16 @@ A model is a :class:`SequenceModel` (a ``keras.Model``) that implements
   the posteriors for the latent steps the observed prefix covers and the
   priors elsewhere (priming, see :func:`primed_latent_mask`), with stateless
   noise from ``seed`` (int32 [2]) drawn by :func:`latent_noise`;
-* ``latent_layer_names``: one name per latent layer, closest to the data first.
+* ``latent_layer_names``: one name per latent layer, closest to the data first
+  (empty for a model without latent variables), with ``latent_dims`` and
+  ``latent_factors`` (units per step and time factor of each layer);
+* optionally a cached generator: MS-STCN overrides ``generate`` /
+  ``continue_sequences``; a model whose every step has the same rate (WaveNet,
+  STCN, the recurrent models) instead implements the three methods of the
+  step-wise generation interface (:meth:`SequenceModel.generation_state`,
+  :meth:`~SequenceModel.generation_emit`, :meth:`~SequenceModel.generation_observe`)
+  and gets the cached loop from this class.  ``has_cached_generator`` says
+  which (``sample.py``, training-time samples and export read it);
 
 and gets from this class:
 
@@ -53,9 +65,24 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfhier import objectives
+from tfhier import blocks, objectives
+from tfhier.models import hparams as hp
 
 tfd = tfp.distributions
+
+#: keyword arguments that go to keras.Model rather than being hyperparameters
+_KERAS_KWARGS = ("name", "dtype", "trainable")
+
+
+def head_hparams(default_head="gaussian", default_components=10):
+    """The output-head hyperparameters every model has (:mod:`tfhier.heads`)."""
+    from tfhier.heads import HEADS
+
+    return (
+        hp.HParam("head", "str", default_head, "Output distribution of one step ('auto' in train.py: by data kind).",
+                  choices=("auto",) + tuple(sorted(HEADS))),
+        hp.HParam("head_components", "int", default_components, "Mixture components of the output head."),
+    )
 
 
 @dataclasses.dataclass
@@ -127,6 +154,24 @@ def latent_normal(params):
     return tfd.Normal(mu, gaussian_scale(s))
 
 
+#: the longest sequence the quadratic naive sampler draws where nobody asked for it explicitly
+NAIVE_MAX_STEPS = 1000
+
+
+def naive_generation_problem(model, num_steps, what="sampling") -> Optional[str]:
+    """Why ``num_steps`` steps of ``model`` should not be drawn without asking for the naive sampler, or None.
+
+    A model without a cached generator samples by re-running ``forward`` at
+    every step (cost quadratic in the length).  Callers warn up to
+    :data:`NAIVE_MAX_STEPS` and refuse above it unless the naive method was
+    asked for by name, rather than silently paying the quadratic cost.
+    """
+    if model.has_cached_generator or num_steps <= NAIVE_MAX_STEPS:
+        return None
+    return (f"{model.NAME} has no cached generator: {what} {num_steps} steps would re-run the whole network at "
+            f"every step (cost quadratic in the length); the limit without asking is {NAIVE_MAX_STEPS} steps")
+
+
 def apply_if_finite(optimizer, grads, variables, finite):
     """``optimizer.apply(grads)`` unless ``finite`` is False on any replica (then nothing changes).
 
@@ -181,19 +226,61 @@ def graph_call(model, key, fn, *args):
 class SequenceModel(keras.Model):
     """Base class of all tfhier models (see the module docstring)."""
 
+    #: the name ``train.py --model`` knows the model by (the registry's key)
+    NAME = ""
+    #: the model's hyperparameters (:class:`tfhier.models.hparams.HParam`)
+    HPARAMS: tuple = ()
+    #: one line for ``--help`` and README
+    DESCRIPTION = ""
     #: sequences are padded to a multiple of this inside ``forward`` (downsampling models)
     time_multiple = 1
+    #: the model implements the step-wise generation interface (``generation_state`` / ``_emit`` / ``_observe``)
+    stepwise_generation = False
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
-        super().__init__(**kwargs)
+        keras_kwargs = {k: kwargs.pop(k) for k in _KERAS_KWARGS if k in kwargs}
+        super().__init__(**keras_kwargs)
         self.input_dim = int(input_dim)
         self.noise_seed = int(noise_seed)
+        values = hp.resolve(type(self), kwargs, model_name=self.NAME or type(self).__name__)
+        if values.get("head") == "auto":
+            raise hp.HParamError(f"{self.NAME}: head='auto' must be resolved from the data kind before building "
+                                 "(tfhier.models.config_for_data does it)")
+        object.__setattr__(self, "_hparams", values)  # a plain dict, past Keras' attribute tracking
         self.objective: Optional[objectives.Objective] = None
+
+    @property
+    def hparams(self) -> dict:
+        """The model's hyperparameters, defaults filled in (a copy)."""
+        return hp._copy(self._hparams)
+
+    def get_config(self):
+        """Everything the constructor needs: ``input_dim``, ``noise_seed`` and every hyperparameter."""
+        return {"input_dim": self.input_dim, "noise_seed": self.noise_seed, **self.hparams}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     # -- what subclasses implement -------------------------------------------------
     @property
     def latent_layer_names(self) -> list:
         raise NotImplementedError
+
+    @property
+    def latent_dims(self) -> list:
+        """Latent units per step of each layer (layer 1 first)."""
+        return []
+
+    @property
+    def latent_factors(self) -> list:
+        """Time factor of each latent layer: layer l has one step per ``latent_factors[l]`` data steps."""
+        return [1] * len(self.latent_layer_names)
+
+    @property
+    def has_cached_generator(self) -> bool:
+        """Whether ``generate`` / ``continue_sequences`` cost O(1) per step (else: the quadratic naive sampler)."""
+        return self.stepwise_generation or type(self).generate is not SequenceModel.generate
 
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
                 observed_lengths=None) -> ModelOutput:
@@ -227,7 +314,11 @@ class SequenceModel(keras.Model):
     # they run through a cached tf.function.
 
     def generate(self, num_samples, num_steps, seed, temperature=1.0):
-        """Samples float32 ``[num_samples, num_steps, D]``; the naive method unless a model overrides it."""
+        """Samples float32 ``[num_samples, num_steps, D]``: the cached step-wise loop for a model with the
+        step-wise interface, else the naive method (unless a model overrides this)."""
+        if self.stepwise_generation:
+            return graph_call(self, "generate", lambda n, t, s, temp: self._stepwise_sample(
+                None, None, t, s, temp, num_samples=n), num_samples, num_steps, seed, temperature)
         return self.generate_naive(num_samples, num_steps, seed, temperature)
 
     def continue_sequences(self, prefix, prefix_lengths, num_steps, seed, temperature=1.0):
@@ -236,9 +327,80 @@ class SequenceModel(keras.Model):
         ``prefix`` [B, T0, D] holds row b's observed steps in ``[:prefix_lengths[b]]``
         (1 <= length <= T0; the rest is padding and ignored).  Latent steps
         the prefix covers entirely come from the posterior (see
-        :func:`primed_latent_mask`).  The naive method unless a model overrides it.
+        :func:`primed_latent_mask`).  The cached step-wise loop or the naive
+        method, as :meth:`generate`.
         """
+        if self.stepwise_generation:
+            return graph_call(self, "continue", self._stepwise_sample, prefix, prefix_lengths, num_steps, seed,
+                              temperature)
         return self.continue_sequences_naive(prefix, prefix_lengths, num_steps, seed, temperature)
+
+    # -- the step-wise generation interface (single-rate models) ------------------------
+    def generation_state(self, batch):
+        """The state before the first step: a nested structure of ``[B, ...]`` tensors."""
+        raise NotImplementedError
+
+    def generation_emit(self, state, eps, temperature, observed=None):
+        """The output parameters of the next step: ``(eta [B, P], carry)``.
+
+        ``eps``: this step's standard normal latent noise, one ``[B, Z_l]`` per
+        latent layer (from the call's :func:`latent_noise`); latents are
+        ``loc + temperature * scale * eps`` from the prior, or, where
+        ``observed = (x_t [B, D], is_observed [B] bool)`` says the step is in
+        the prefix, ``loc + scale * eps`` from the posterior (what ``forward``
+        does with ``observed_lengths``).  ``carry`` is whatever
+        :meth:`generation_observe` needs besides the step's value (e.g. z_t).
+        """
+        raise NotImplementedError
+
+    def generation_observe(self, state, carry, y):
+        """The state after the step took the value ``y`` [B, D] (sampled or observed)."""
+        raise NotImplementedError
+
+    def _stepwise_sample(self, prefix, prefix_lengths, num_steps, seed, temperature, num_samples=None):
+        """The cached loop over the step-wise interface: O(1) per step, the module's noise contract.
+
+        The prefix (if any) is fed through the same steps, teacher-forced, so
+        the state after it is the one a forward pass over it would reach.
+        """
+        seed = tf.cast(seed, tf.int32)
+        temperature = tf.cast(temperature, tf.float32)
+        num_steps = tf.cast(num_steps, tf.int32)
+        primed = prefix is not None
+        if primed:
+            prefix = tf.cast(prefix, tf.float32)
+            lengths = tf.cast(prefix_lengths, tf.int32)
+            b, t0 = tf.shape(prefix)[0], tf.shape(prefix)[1]
+            prefix = prefix * tf.sequence_mask(lengths, t0, dtype=tf.float32)[..., None]
+            stop = tf.reduce_max(lengths) + num_steps
+            total = t0 + num_steps
+        else:
+            b = tf.cast(num_samples, tf.int32)
+            lengths = tf.zeros([b], tf.int32)
+            stop = total = num_steps
+        latent_seed = generation_latent_seed(seed)
+        eps = [latent_noise(latent_seed, l, total, b, z) for l, z in enumerate(self.latent_dims)]
+        out = tf.TensorArray(tf.float32, size=total, element_shape=tf.TensorShape([None, self.input_dim]))
+
+        def body(t, state, out):
+            with blocks.step_weights():
+                eps_t = [tf.gather(e, t) for e in eps]
+                observed = None
+                if primed:
+                    x_t = tf.gather(prefix, tf.minimum(t, t0 - 1), axis=1)
+                    observed = (x_t, t < lengths)
+                eta, carry = self.generation_emit(state, eps_t, temperature, observed)
+                y = self.sample_step(eta, output_step_seed(seed, t), temperature)
+                if primed:
+                    y = tf.where(observed[1][:, None], observed[0], y)
+                state = self.generation_observe(state, carry, y)
+            return t + 1, state, out.write(t, y)
+
+        _, _, out = tf.while_loop(lambda t, *_: t < stop, body, (tf.constant(0), self.generation_state(b), out))
+        if primed:
+            steps = tf.transpose(out.gather(tf.range(stop)), [1, 0, 2])
+            return gather_continuations(steps, lengths, num_steps)
+        return tf.transpose(out.stack(), [1, 0, 2])
 
     def generate_naive(self, num_samples, num_steps, seed, temperature=1.0):
         """Reference sampler: re-runs ``forward`` over the whole buffer at every step.

@@ -45,14 +45,18 @@ Choices where the paper is silent or differs from the authors' public code
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import keras
 import numpy as np
 import tensorflow as tf
 
-from tfhier.blocks import CausalConv1D, Delay, WaveNet, time_slice
+from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
 from tfhier.heads import make_head
-from tfhier.models.base import (ModelOutput, SequenceModel, graph_call, latent_noise, latent_normal,
+from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed,
+                                graph_call, head_hparams, latent_noise, latent_normal, output_step_seed,
                                 primed_latent_mask)
+from tfhier.models.hparams import HParam
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
@@ -60,21 +64,37 @@ class MSSTCN(SequenceModel):
     """MS-STCN (see the module docstring). All list arguments have one entry per latent layer,
     layer 1 (closest to the data) first."""
 
-    def __init__(self, input_dim, head="handwriting", head_components=10, channels=(64,) * 5,
-                 latent_dims=(8, 8, 8, 4, 2), strides=(1, 2, 2, 2, 1),
-                 bu_dilations=((1, 1, 1, 1),) * 4 + ((1, 2, 4, 8),), td_blocks=2, kernel_size=2,
-                 gen_post="conditional", downsampling="strided", noise_seed=0, **kwargs):
+    NAME = "msstcn"
+    DESCRIPTION = "MS-STCN (Andersson et al. 2021): multiscale hierarchical VAE on a WaveNet"
+    HPARAMS = head_hparams("handwriting", 10) + (
+        HParam("channels", "ints", [64] * 5, "Filters of each layer (one entry per layer; sets the number of "
+               "layers)."),
+        HParam("latent_dims", "ints", [8, 8, 8, 4, 2], "Latent units per step of each layer."),
+        HParam("strides", "ints", [1, 2, 2, 2, 1], "downsampling factor of each layer relative to the one "
+               "below."),
+        HParam("bu_dilations", "int_lists", [[1, 1, 1, 1]] * 4 + [[1, 2, 4, 8]],
+               "bottom-up dilations, one comma list per layer, layers separated by ';'."),
+        HParam("td_blocks", "int", 2, "WaveNet blocks in each top-down stack."),
+        HParam("kernel_size", "int", 2, "Kernel size of the dilated causal convolutions."),
+        HParam("gen_post", "str", "conditional", "how z enters the top-down output stack: eq. 12 "
+               "conditioning (conditional) or concatenation (plain).", choices=("conditional", "plain")),
+        HParam("downsampling", "str", "strided", "strided (the paper: strided conv + average) or "
+               "sum_pool (the authors' code).", choices=("strided", "sum_pool")),
+    )
+
+    def __init__(self, input_dim, noise_seed=0, **kwargs):
         super().__init__(input_dim, noise_seed=noise_seed, **kwargs)
-        self.head_name = head
-        self.head_components = int(head_components)
-        self.channels = [int(c) for c in channels]
-        self.latent_dims = [int(z) for z in latent_dims]
-        self.strides = [int(s) for s in strides]
-        self.bu_dilations = [[int(d) for d in ds] for ds in bu_dilations]
-        self.td_blocks = int(td_blocks)
-        self.kernel_size = int(kernel_size)
-        self.gen_post = gen_post
-        self.downsampling = downsampling
+        hp = self.hparams
+        self.head_name = hp["head"]
+        self.head_components = hp["head_components"]
+        self.channels = hp["channels"]
+        self.latent_dims_ = hp["latent_dims"]
+        self.strides = hp["strides"]
+        self.bu_dilations = hp["bu_dilations"]
+        self.td_blocks = hp["td_blocks"]
+        self.kernel_size = hp["kernel_size"]
+        self.gen_post = hp["gen_post"]
+        self.downsampling = hp["downsampling"]
         self._validate()
 
         n = len(self.channels)
@@ -94,9 +114,9 @@ class MSSTCN(SequenceModel):
             for l in range(n)]
         # Zero-initialised: every q and p starts as N(0, softplus(0)^2), so the KL starts at 0 instead of
         # the thousands of nats per step that random scale projections give (the paper is silent).
-        self.prior_proj = [CausalConv1D(2 * self.latent_dims[l], 1, kernel_initializer="zeros", name=f"prior_{l + 1}")
+        self.prior_proj = [CausalConv1D(2 * self.latent_dims_[l], 1, kernel_initializer="zeros", name=f"prior_{l + 1}")
                            for l in range(n)]
-        self.posterior_proj = [CausalConv1D(2 * self.latent_dims[l], 1, kernel_initializer="zeros",
+        self.posterior_proj = [CausalConv1D(2 * self.latent_dims_[l], 1, kernel_initializer="zeros",
                                             name=f"posterior_{l + 1}")
                                for l in range(n)]
         self.top_down_g = [
@@ -109,7 +129,7 @@ class MSSTCN(SequenceModel):
 
     def _validate(self):
         n = len(self.channels)
-        lists = {"channels": self.channels, "latent_dims": self.latent_dims, "strides": self.strides,
+        lists = {"channels": self.channels, "latent_dims": self.latent_dims_, "strides": self.strides,
                  "bu_dilations": self.bu_dilations}
         for name, values in lists.items():
             if len(values) != n:
@@ -131,12 +151,13 @@ class MSSTCN(SequenceModel):
     def latent_layer_names(self):
         return [f"layer_{l + 1}" for l in range(len(self.channels))]
 
-    def get_config(self):
-        return {**super().get_config(), "input_dim": self.input_dim, "head": self.head_name,
-                "head_components": self.head_components, "channels": self.channels,
-                "latent_dims": self.latent_dims, "strides": self.strides, "bu_dilations": self.bu_dilations,
-                "td_blocks": self.td_blocks, "kernel_size": self.kernel_size, "gen_post": self.gen_post,
-                "downsampling": self.downsampling, "noise_seed": self.noise_seed}
+    @property
+    def latent_dims(self):
+        return list(self.latent_dims_)
+
+    @property
+    def latent_factors(self):
+        return list(self.factors)
 
     def bottom_up_features(self, y):
         """Eq. (8) on ``y`` [B, T, D] (T a multiple of ``time_multiple``, padding zeroed): ``[d^(1), ..., d^(L)]``,
@@ -185,7 +206,7 @@ class MSSTCN(SequenceModel):
             prior = latent_normal(self.prior_proj[l](h))
             posterior = latent_normal(self.posterior_proj[l](tf.concat([h, d[l]], axis=-1)))
             steps_l = t_pad // self.factors[l]
-            eps = tf.transpose(latent_noise(seed, l, steps_l, b, self.latent_dims[l]), [1, 0, 2])
+            eps = tf.transpose(latent_noise(seed, l, steps_l, b, self.latent_dims_[l]), [1, 0, 2])
             if latents == "posterior":
                 z = posterior.loc + posterior.scale * eps
             else:
@@ -205,11 +226,11 @@ class MSSTCN(SequenceModel):
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta,
                            posteriors=posteriors, priors=priors, latents=zs, latent_masks=latent_masks)
 
-    # -- cached generation (tfhier.generation) ------------------------------------------
+    # -- cached generation ------------------------------------------------------------------
     def generate(self, num_samples, num_steps, seed, temperature=1.0):
-        """Samples float32 ``[num_samples, num_steps, D]`` with the cached generator
-        (:class:`tfhier.generation.MSSTCNGenerator`): the distribution of :meth:`generate_naive`, and for the
-        same seed the same sequences, at a constant cost per step."""
+        """Samples float32 ``[num_samples, num_steps, D]`` with the cached generator (:class:`MSSTCNGenerator`):
+        the distribution of :meth:`generate_naive`, and for the same seed the same sequences, at a constant
+        cost per step."""
         return graph_call(self, "generate", lambda n, t, s, temp: self.generator().sample(n, t, s, temp),
                           num_samples, num_steps, seed, temperature)
 
@@ -220,7 +241,202 @@ class MSSTCN(SequenceModel):
             p, pl, t, s, temp), prefix, prefix_lengths, num_steps, seed, temperature)
 
     def generator(self, **options):
-        """A :class:`tfhier.generation.MSSTCNGenerator` for this (built) model."""
-        from tfhier.generation import MSSTCNGenerator
-
+        """A :class:`MSSTCNGenerator` for this (built) model."""
         return MSSTCNGenerator(self, **options)
+
+
+def _ceil_div(a, b):
+    if isinstance(a, int):
+        return -(-a // b)
+    return (a + b - 1) // b
+
+
+def _replace(items, i, value):
+    items = list(items)
+    items[i] = value
+    return tuple(items)
+
+
+class MSSTCNGenerator:
+    """Cached (incremental) sampler of an :class:`MSSTCN`: exact samples at a constant cost per step.
+
+    The naive sampler re-runs the whole network over the growing buffer for
+    every new step (cost quadratic in the length).  Here every layer keeps the
+    state its blocks' ``step`` methods need (:mod:`tfhier.blocks`: the Fast
+    WaveNet queues of the causal convolutions) and each activation is computed
+    once.  The schedule: layer l (total factor ``S^(l)``) takes one coarse step
+    every ``S^(l)`` fine steps.  At the start of coarse step tau it computes
+    ``h^(l)`` from ``[g^(l), Delay(d^(l))]`` (``d^(l)`` of step tau-1, complete
+    because every fine step before ``S^(l)*tau`` is generated), draws
+    ``z^(l)`` from its prior (or posterior, when priming), and runs the
+    top-down stack, whose upsampling block gives the ``S_l`` outputs of the
+    layer below at once.  Once the children (the ``S_l`` steps of layer l-1,
+    recursively down to the fine steps, which sample ``y_t`` from the head)
+    are done, the bottom-up stack of layer l takes one step with the ``S_l``
+    buffered inputs.  The top-down stacks are 1x1 convolutions only (no state).
+
+    The whole schedule is a ``tf.while_loop`` over the top layer's coarse steps
+    with fixed-shape state.  Inside one top step the children of a layer are
+    unrolled in the graph while the unrolled size stays small (``max_unroll``
+    fine steps; the IAM-OnDB model's 8 fine steps per top step are fully
+    unrolled: static structure, XLA-friendly) and run by an inner
+    ``tf.while_loop`` otherwise (e.g. strides 5, 5, 4 of the speech configs).
+
+    Noise follows the contract of :mod:`tfhier.models.base`, so for the same
+    seed the cached and naive generators give the same sequences up to float
+    rounding.  Priming (continuations): the prefix is fed through the same
+    machinery (teacher forcing).  A latent step whose whole span of fine steps
+    lies in the prefix is drawn from the posterior q, which needs ``d^(l)`` of
+    that step *before* its fine steps are (re)played; these come from one
+    parallel bottom-up pass over the prefix (:meth:`MSSTCN.bottom_up_features`),
+    exact because ``d^(l)`` of such a step depends on the prefix only.
+
+    ``sample`` / ``continue_sequences`` build graph ops (call them inside a
+    tf.function; the model's ``generate`` / ``continue_sequences`` do that).
+    Python ints stay static, so with ints for the sizes the loop has static
+    shapes (XLA).
+
+    Args:
+      model: a built MSSTCN.
+      max_unroll: the most fine steps one top-layer step may unroll in the
+        graph; a layer whose children would exceed it loops over them with an
+        inner ``tf.while_loop`` instead.
+    """
+
+    def __init__(self, model, max_unroll=16):
+        self.model = model
+        self.strides = list(model.strides)
+        self.factors = list(model.factors)
+        self.n = len(self.strides)
+        self.unroll = []
+        body = 1  # fine-step bodies in the graph per step of the layer below
+        for s in self.strides:
+            if s * body <= max_unroll:
+                self.unroll.append(True)
+                body *= s
+            else:
+                self.unroll.append(False)
+
+    # -- public ---------------------------------------------------------------------
+    def sample(self, num_samples, num_steps, seed, temperature=1.0):
+        """Samples ``[num_samples, num_steps, D]`` (float32)."""
+        return self._run(num_samples, None, None, num_steps, seed, temperature)
+
+    def continue_sequences(self, prefix, prefix_lengths, num_steps, seed, temperature=1.0):
+        """The ``num_steps`` steps after each prefix, ``[B, num_steps, D]``: ``prefix`` [B, T0, D] holds row b's
+        observed steps in ``[:prefix_lengths[b]]`` (1 <= length <= T0)."""
+        prefix = tf.cast(prefix, tf.float32)
+        return self._run(None, prefix, tf.cast(prefix_lengths, tf.int32), num_steps, seed, temperature)
+
+    # -- the schedule -------------------------------------------------------------------
+    def _run(self, batch, prefix, lengths, num_steps, seed, temperature):
+        model = self.model
+        m = model.time_multiple
+        seed = tf.cast(seed, tf.int32)
+        if not isinstance(num_steps, int):
+            num_steps = tf.cast(num_steps, tf.int32)
+        ctx = SimpleNamespace(seed=seed, temperature=tf.cast(temperature, tf.float32), primed=prefix is not None)
+        if ctx.primed:
+            batch = tf.shape(prefix)[0] if prefix.shape[0] is None else int(prefix.shape[0])
+            t0 = tf.shape(prefix)[1] if prefix.shape[1] is None else int(prefix.shape[1])
+            prefix = prefix * tf.sequence_mask(lengths, t0, dtype=tf.float32)[..., None]
+            n_alloc = _ceil_div(t0 + num_steps, m)
+            n_run = _ceil_div(tf.reduce_max(lengths) + num_steps, m)
+            # d^(l) of every latent step inside the prefix, for the posteriors of the primed steps.
+            t0_pad = _ceil_div(t0, m) * m
+            ctx.d_obs = model.bottom_up_features(tf.pad(prefix, [[0, 0], [0, t0_pad - t0], [0, 0]]))
+            ctx.prefix, ctx.lengths, ctx.t0 = prefix, lengths, t0
+        else:
+            if not isinstance(batch, int):
+                batch = tf.cast(batch, tf.int32)
+            n_alloc = n_run = _ceil_div(num_steps, m)
+        latent_seed = generation_latent_seed(seed)
+        ctx.eps = [latent_noise(latent_seed, l, n_alloc * (m // self.factors[l]), batch, model.latent_dims_[l])
+                   for l in range(self.n)]
+
+        state = {
+            "bottom_up": tuple(net.initial_state(batch) for net in model.bottom_up),
+            "d_prev": tuple(tf.zeros(tf.stack([batch, c])) for c in model.channels),
+            "out": tf.TensorArray(tf.float32, size=n_alloc * m, element_shape=tf.TensorShape(
+                [batch if isinstance(batch, int) else None, model.input_dim])),
+        }
+
+        def body(tau, state):
+            with step_weights():
+                state, _ = self._layer_step(self.n - 1, tau, None, state, ctx)
+            return tau + 1, state
+
+        _, state = tf.while_loop(lambda tau, _: tau < n_run, body, (tf.constant(0), state))
+        if ctx.primed:
+            steps = tf.transpose(state["out"].gather(tf.range(n_run * m)), [1, 0, 2])
+            return gather_continuations(steps, lengths, num_steps)
+        return tf.transpose(state["out"].stack(), [1, 0, 2])[:, :num_steps]
+
+    def _layer_step(self, l, tau, g, state, ctx):
+        """Coarse step ``tau`` of layer l (0-based) given ``g^(l)`` of it ([B, C], None at the top):
+        top-down, the children, then one bottom-up step. Returns (state, d^(l)[tau])."""
+        model = self.model
+        with tf.name_scope(f"top_down_{l + 1}"):
+            delayed = state["d_prev"][l]  # Delay(d^(l)) at tau: d^(l)[tau - 1]
+            h, _ = model.top_down_h[l].step(None, [delayed if g is None else tf.concat([g, delayed], axis=-1)])
+            prior = latent_normal(model.prior_proj[l].step1(h))
+            eps = tf.gather(ctx.eps[l], tau)
+            z = prior.loc + prior.scale * (ctx.temperature * eps)
+            if ctx.primed:
+                d_obs = ctx.d_obs[l]
+                observed_steps = tf.shape(d_obs)[1] if d_obs.shape[1] is None else int(d_obs.shape[1])
+                d_now = tf.gather(d_obs, tf.minimum(tau, observed_steps - 1), axis=1)
+                posterior = latent_normal(model.posterior_proj[l].step1(tf.concat([h, d_now], axis=-1)))
+                use_posterior = self.factors[l] * (tau + 1) <= ctx.lengths
+                z = tf.where(use_posterior[:, None], posterior.loc + posterior.scale * eps, z)
+            if model.gen_post == "conditional":
+                g_below, _ = model.top_down_g[l].step(None, [h], cond=z)
+            else:
+                g_below, _ = model.top_down_g[l].step(None, [tf.concat([h, z], axis=-1)])
+        # The inputs g of the S_l steps of the layer below (or of the fine steps), each [B, C].
+        g_below = g_below if isinstance(g_below, list) else [g_below]
+        s = self.strides[l]
+
+        def child(i, g_i, st):
+            if l == 0:
+                return self._fine_step(i, g_i, st, ctx)
+            return self._layer_step(l - 1, i, g_i, st, ctx)
+
+        if self.unroll[l]:
+            xs = []
+            for j in range(s):
+                state, x_j = child(tau * s + j, g_below[j], state)
+                xs.append(x_j)
+        else:
+            g_stack = tf.stack(g_below, axis=0)
+
+            def loop_body(j, st, ta):
+                with step_weights():
+                    st, x_j = child(tau * s + j, tf.gather(g_stack, j), st)
+                return j + 1, st, ta.write(j, x_j)
+
+            _, state, ta = tf.while_loop(lambda j, *_: j < s, loop_body,
+                                         (tf.constant(0), state, tf.TensorArray(tf.float32, size=s)))
+            xs = tf.unstack(ta.stack(), num=s, axis=0)
+        with tf.name_scope(f"bottom_up_{l + 1}"):
+            d, bu_state = model.bottom_up[l].step(state["bottom_up"][l], xs)
+        state = dict(state)
+        state["bottom_up"] = _replace(state["bottom_up"], l, bu_state)
+        state["d_prev"] = _replace(state["d_prev"], l, d)
+        return state, d
+
+    def _fine_step(self, t, g, state, ctx):
+        """Fine step t: y_t from the head on ``g^(0)`` [B, C] (or the observed prefix); returns the bottom-up
+        input ``input_proj(y_t)``."""
+        model = self.model
+        with tf.name_scope("head"):
+            eta = model.head.proj.step1(g)  # the head's projection on one step
+        with tf.name_scope("head_sample"):
+            y = model.sample_step(eta, output_step_seed(ctx.seed, t), ctx.temperature)
+        if ctx.primed:
+            observed = tf.gather(ctx.prefix, tf.minimum(t, ctx.t0 - 1), axis=1)
+            y = tf.where((t < ctx.lengths)[:, None], observed, y)
+        state = dict(state)
+        state["out"] = state["out"].write(t, y)
+        with tf.name_scope("input_proj"):
+            return state, model.input_proj.step1(y)
