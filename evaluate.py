@@ -56,7 +56,12 @@ def check_flags():
             return f"--{name} must be an integer >= 1, got {FLAGS[name].value}"
     if FLAGS.max_sequences < 0:
         return f"--max_sequences must be >= 0 (0: all), got {FLAGS.max_sequences}"
-    return None
+    if not 0 <= FLAGS.seed < 2 ** 31:
+        return f"--seed must be an integer in [0, 2^31 - 1], got {FLAGS.seed}"
+    from tfhier.rundir import writable_problem  # no TensorFlow
+
+    # eval_<split>.json/.md go into the run directory: fail now, not after computing everything.
+    return writable_problem(FLAGS.run_dir, "--run_dir (where eval_<split>.json is written)")
 
 
 def main(argv):

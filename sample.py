@@ -31,6 +31,7 @@ directory is needed:
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -61,6 +62,9 @@ flags.DEFINE_string("method", "cached", "cached (constant cost per step) or naiv
 flags.DEFINE_string("data_dir", None, "Overrides the run's --data_dir for priming (if the data has moved).")
 flags.DEFINE_string("saved_model", None, "Draw through the `sample` signature of this exported SavedModel "
                     "(export/export.py; a version folder such as exports/demo/1) instead of a run directory.")
+flags.DEFINE_integer("max_steps", 5000, "The most steps this command draws per sequence (prefix included) unless "
+                     "raised here: a guard against a typo costing hours or all the memory.")
+flags.DEFINE_integer("max_samples", 256, "The most sequences this command draws unless raised here.")
 
 METHODS = ("cached", "naive")
 SPLITS = ("train", "valid", "test")
@@ -77,6 +81,12 @@ def check_flags():
             return f"--saved_model={FLAGS.saved_model} holds no saved_model.pb (give a version folder, e.g. exports/demo/1)"
         if not os.path.exists(info):
             return f"--saved_model={FLAGS.saved_model} has no {info}: not exported by export/export.py"
+        try:
+            with open(info, encoding="utf-8") as f:
+                if not isinstance(json.load(f), dict):
+                    raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            return f"{info}: unreadable ({e}); expected the JSON object export/export.py writes"
         if not FLAGS.out:
             return "--out is required with --saved_model (an export folder is never written to)"
     elif not FLAGS.run_dir:
@@ -87,9 +97,21 @@ def check_flags():
         problem = run_dir_problem(FLAGS.run_dir)
         if problem:
             return problem
-    for name in ("num_samples", "num_steps", "prime_steps"):
+    for name in ("num_samples", "num_steps", "prime_steps", "max_steps", "max_samples"):
         if FLAGS[name].value < 1:
             return f"--{name} must be an integer >= 1, got {FLAGS[name].value}"
+    total = FLAGS.num_steps + (FLAGS.prime_steps if FLAGS.prime_split is not None else 0)
+    if total > FLAGS.max_steps:
+        return (f"--num_steps={FLAGS.num_steps}{' plus --prime_steps' if FLAGS.prime_split is not None else ''} is "
+                f"more than --max_steps={FLAGS.max_steps}; raise --max_steps to draw that many")
+    if FLAGS.num_samples > FLAGS.max_samples:
+        return f"--num_samples={FLAGS.num_samples} is more than --max_samples={FLAGS.max_samples}; raise --max_samples"
+    from tfhier.rundir import writable_problem  # no TensorFlow
+
+    out_dir = os.path.dirname(os.path.abspath(FLAGS.out)) if FLAGS.out else os.path.join(FLAGS.run_dir, "samples")
+    problem = writable_problem(out_dir, "--out" if FLAGS.out else "--run_dir")
+    if problem:
+        return problem
     if not FLAGS.temperature > 0 or FLAGS.temperature == float("inf"):
         return f"--temperature must be a finite number > 0, got {FLAGS.temperature}"
     if FLAGS.method not in METHODS:
@@ -143,6 +165,7 @@ def main(argv):
     from tfhier import runs
     from tfhier import samples as samples_lib
     from tfhier.data import DataError
+    from tfhier.fileio import atomic_write
 
     if FLAGS.saved_model is not None:
         return sample_saved_model(samples_lib)
@@ -191,7 +214,7 @@ def main(argv):
             with open(path, "w", encoding="utf-8") as f:
                 f.write(json.dumps(meta, indent=2) + "\n")
 
-        samples_lib._atomic_save(out + ".json", write_meta)
+        atomic_write(out + ".json", write_meta)
     except OSError as e:
         sys.exit(f"{PROG}: error: cannot write {out}.*: {e}")
     primed = f", continuing {len(prefix)} steps of {FLAGS.prime_split}[{FLAGS.prime_index}]" if prefix is not None else ""
@@ -204,6 +227,8 @@ def sample_saved_model(samples_lib):
     """``--saved_model``: the export's ``sample`` signature, plotted with the export's data facts."""
     import json
     import time
+
+    from tfhier.fileio import atomic_write
 
     import tensorflow as tf
 
@@ -230,7 +255,7 @@ def sample_saved_model(samples_lib):
         with open(path, "w", encoding="utf-8") as f:
             f.write(json.dumps(meta, indent=2) + "\n")
 
-    samples_lib._atomic_save(FLAGS.out + ".json", write_meta)
+    atomic_write(FLAGS.out + ".json", write_meta)
     print(f"{FLAGS.num_samples} samples x {FLAGS.num_steps} steps through {FLAGS.saved_model} (signature sample) "
           f"in {seconds:.1f} s", flush=True)
     print(f"written: {FLAGS.out}.npz, {main_path}", flush=True)

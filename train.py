@@ -67,6 +67,8 @@ flags.DEFINE_integer("sample_every", 1000, "Generate and plot samples every this
 flags.DEFINE_integer("num_samples", 4, "Samples per plot (0: none).")
 flags.DEFINE_integer("sample_steps", 400, "Time steps per sample.")
 flags.DEFINE_integer("max_nonfinite_steps", 10, "Stop after this many consecutive non-finite losses.")
+flags.DEFINE_boolean("allow_data_change", False, "Resume a run on data whose facts (sizes, normalisation) differ "
+                     "from the ones it was trained on (refused otherwise).")
 flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"],
                   "Keras progress display: 1 progress bar, 2 one line per validation interval (for log files), 0 none.")
 
@@ -128,7 +130,14 @@ def main(argv):
         print(f"{FLAGS.dataset}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
               f"sequences of {data.feature_dim}-d steps", flush=True)
         model_config["noise_seed"] = FLAGS.seed
-        training.train(FLAGS.run_dir, FLAGS.model, model_config, data, settings, flags_text=flags_text())
+        training.train(FLAGS.run_dir, FLAGS.model, model_config, data, settings, flags_text=flags_text(),
+                       allow_data_change=FLAGS.allow_data_change)
+    except training.Preempted as e:
+        logging.flush()
+        print(f"train.py: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:  # before training began: nothing to save
+        sys.exit("train.py: interrupted before training began; nothing was written")
     except (DataError, training.RunDirError, ValueError, FloatingPointError) as e:
         logging.flush()
         sys.exit(f"train.py: error: {e}")

@@ -43,15 +43,22 @@ from __future__ import annotations
 import argparse
 import array
 import ast
+import http.client as httplib
 import json
+import socket
 import sys
-import urllib.error
-import urllib.request
+import time
+import urllib.parse
 import zipfile
 
 #: output names per signature, for responses TF Serving unwraps (single-output signatures)
 OUTPUTS = {"serving_default": ["elbo", "nll", "kl", "num_steps"], "sample": ["samples"],
            "continue": ["continuations"]}
+
+#: the largest answer read (bytes); a bigger one is refused rather than filling the memory
+DEFAULT_MAX_RESPONSE_BYTES = 256 * 2 ** 20
+#: the most numbers one .npy array may hold (a header can declare any shape)
+MAX_ARRAY_ELEMENTS = 50_000_000
 
 _NPY_TYPES = {"f4": ("f", float), "f8": ("d", float), "i1": ("b", int), "u1": ("B", int), "i2": ("h", int),
               "i4": ("i", int), "i8": ("q", int), "b1": ("B", bool)}
@@ -74,14 +81,28 @@ def _nest(flat, shape):
 
 def read_npy(data: bytes, name="array"):
     """A .npy file's contents as nested lists (little- or big-endian numeric/bool arrays, C order)."""
-    if data[:6] != b"\x93NUMPY":
+    if data[:6] != b"\x93NUMPY" or len(data) < 10:
         raise ClientError(f"{name}: not a .npy array")
     major = data[6]
     header_len_size = 2 if major == 1 else 4
     header_len = int.from_bytes(data[8:8 + header_len_size], "little")
     start = 8 + header_len_size
-    header = ast.literal_eval(data[start:start + header_len].decode("latin1"))
-    descr, shape = header["descr"], tuple(header["shape"])
+    try:
+        header = ast.literal_eval(data[start:start + header_len].decode("latin1"))
+        descr, shape = header["descr"], tuple(header["shape"])
+        if not all(isinstance(s, int) and s >= 0 for s in shape):
+            raise ValueError("shape entries must be integers >= 0")
+    except (ValueError, SyntaxError, TypeError, KeyError, MemoryError, RecursionError) as e:
+        raise ClientError(f"{name}: unreadable .npy header ({type(e).__name__})") from None
+    # Building nested lists costs the product of the dimensions up to the first 0, whatever the data holds.
+    cells = 1
+    for s in shape:
+        if s == 0:
+            break
+        cells *= s
+        if cells > MAX_ARRAY_ELEMENTS:
+            raise ClientError(f"{name}: shape {shape} is larger than this client handles "
+                              f"({MAX_ARRAY_ELEMENTS:,} numbers)")
     if header.get("fortran_order"):
         raise ClientError(f"{name}: Fortran-ordered arrays are not supported; save a C-ordered array")
     if not isinstance(descr, str) or descr[1:] not in _NPY_TYPES:
@@ -119,7 +140,7 @@ def read_sequences(args, names, length_names):
         try:
             with open(args.json, encoding="utf-8") as f:
                 arrays = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, json.JSONDecodeError, RecursionError, UnicodeDecodeError) as e:
             raise ClientError(f"cannot read --json={args.json}: {e}") from None
         source = args.json
         if not isinstance(arrays, dict):
@@ -177,25 +198,82 @@ def model_url(server, model_name, version=None) -> str:
     return url + (f"/versions/{version}" if version is not None else "")
 
 
-def http(url, body=None, timeout=60.0):
-    """GET (``body`` None) or POST JSON; returns the decoded JSON answer or raises ClientError."""
-    data = None if body is None else json.dumps(body).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="GET" if body is None else "POST",
-                                     headers={"Content-Type": "application/json"})
+def _json(text: str, what: str):
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read().decode("utf-8"))
-    except urllib.error.HTTPError as e:
-        text = e.read().decode("utf-8", "replace")
-        try:
-            text = json.loads(text).get("error", text)
-        except (json.JSONDecodeError, AttributeError):
-            pass
-        raise ClientError(f"server answered {e.code} for {url}: {text}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise ClientError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
+        return json.loads(text)
     except json.JSONDecodeError as e:
-        raise ClientError(f"{url} did not answer JSON: {e}") from None
+        raise ClientError(f"{what} is not JSON: {e}") from None
+    except RecursionError:
+        raise ClientError(f"{what} is JSON nested too deeply to be a model's answer") from None
+
+
+def http(url, body=None, timeout=60.0, max_bytes=DEFAULT_MAX_RESPONSE_BYTES):
+    """GET (``body`` None) or POST JSON; returns the decoded JSON answer or raises ClientError.
+
+    ``timeout`` is one deadline for the whole request (connecting, sending, and reading the answer), not a
+    per-read timeout a trickling server could keep resetting; an answer over ``max_bytes`` is refused.
+    """
+    deadline = time.monotonic() + timeout
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ClientError(f"--server must be an http:// or https:// address, got {url!r}")
+    connection_type = httplib.HTTPSConnection if parts.scheme == "https" else httplib.HTTPConnection
+    path = parts.path + (f"?{parts.query}" if parts.query else "")
+    data = None if body is None else json.dumps(body).encode("utf-8")
+
+    def remaining():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ClientError(f"{url} did not answer within --timeout={timeout:g} s")
+        return left
+
+    conn = connection_type(parts.hostname, parts.port, timeout=remaining())
+    try:
+        conn.request("GET" if body is None else "POST", path or "/", body=data,
+                     headers={"Content-Type": "application/json"})
+        sock = conn.sock  # the response keeps reading from it after the connection lets go of it
+        sock.settimeout(remaining())
+        response = conn.getresponse()
+        declared = response.getheader("Content-Length")
+        if declared and declared.isdigit() and int(declared) > max_bytes:
+            raise ClientError(f"{url} answers {int(declared):,} bytes, more than --max_response_bytes={max_bytes:,}")
+        chunks, size = [], 0
+        while True:
+            sock.settimeout(remaining())
+            chunk = response.read1(65536) if hasattr(response, "read1") else response.read(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise ClientError(f"{url} answered more than --max_response_bytes={max_bytes:,} bytes")
+            chunks.append(chunk)
+            remaining()
+        raw = b"".join(chunks)
+        status = response.status
+    except ClientError:
+        raise
+    except (socket.timeout, TimeoutError):
+        raise ClientError(f"{url} did not answer within --timeout={timeout:g} s") from None
+    except httplib.HTTPException as e:
+        raise ClientError(f"{url} did not answer in HTTP ({type(e).__name__}: {str(e)[:200]})") from None
+    except OSError as e:
+        raise ClientError(f"cannot reach {url}: {e.strerror or e}") from None
+    finally:
+        conn.close()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientError(f"{url} answered {status} with bytes that are not UTF-8 text") from None
+    if status >= 400:
+        message = text
+        try:
+            parsed = json.loads(text)
+            if isinstance(parsed, dict) and "error" in parsed:
+                message = parsed["error"]
+        except (json.JSONDecodeError, RecursionError):
+            pass
+        raise ClientError(f"server answered {status} for {url}: {str(message)[:2000]}")
+    return _json(text, f"the answer of {url}")
 
 
 def named_outputs(signature, response) -> dict:
@@ -214,7 +292,9 @@ def main(argv=None) -> int:
     parser.add_argument("--server", default="http://localhost:8501", help="TF Serving REST address")
     parser.add_argument("--model_name", required=True, help="the served model's name")
     parser.add_argument("--version", type=int, default=None, help="model version (default: the served one)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for an answer")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds the whole request may take")
+    parser.add_argument("--max_response_bytes", type=int, default=DEFAULT_MAX_RESPONSE_BYTES,
+                        help="refuse answers larger than this")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(p, sequences=False):
@@ -244,16 +324,17 @@ def main(argv=None) -> int:
     url = model_url(args.server, args.model_name, args.version)
     try:
         if args.command == "metadata":
-            print(json.dumps(http(url + "/metadata", timeout=args.timeout), indent=2))
+            print(json.dumps(http(url + "/metadata", timeout=args.timeout, max_bytes=args.max_response_bytes), indent=2))
             return 0
         if args.command == "status":
-            print(json.dumps(http(url, timeout=args.timeout), indent=2))
+            print(json.dumps(http(url, timeout=args.timeout, max_bytes=args.max_response_bytes), indent=2))
             return 0
         body = build_request(args)
         if args.dry_run:
             print(json.dumps({"url": url + ":predict", "body": body}))
             return 0
-        outputs = named_outputs(body["signature_name"], http(url + ":predict", body, timeout=args.timeout))
+        outputs = named_outputs(body["signature_name"], http(url + ":predict", body, timeout=args.timeout,
+                                                             max_bytes=args.max_response_bytes))
     except ClientError as e:
         print(f"client.py: error: {e}", file=sys.stderr)
         return 1

@@ -76,8 +76,10 @@ def test_saved_model_sample_signature_matches_in_process_generation(run_dir, tmp
     np.testing.assert_allclose(x, expected, atol=1e-5, rtol=0)
     assert Path(f"{out}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(Path(f"{out}.json").read_text())["signature"] == "sample"
-    # The export's own limit (--max_steps) is one clear error.
+    # This command's own guard, then (raised) the export's own limit: each one clear error.
     res = sample_cli(f"--saved_model={export.path}", f"--out={out}", "--num_steps=100000")
+    assert res.returncode != 0 and "more than --max_steps=5000" in res.stderr and "Traceback" not in res.stderr
+    res = sample_cli(f"--saved_model={export.path}", f"--out={out}", "--num_steps=100000", "--max_steps=100000")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "refused the request" in res.stderr.strip().splitlines()[-1] and "num_steps" in res.stderr
 

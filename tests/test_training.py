@@ -137,7 +137,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data):
     run = tmp_path / "run"
     training.train(str(run), "msstcn", MODEL, data, settings(train_steps=2, sample_every=100))
     ckpt_before = files_digest(run / "checkpoints")
-    poisoned = SequenceData(name=data.name, train=[np.full_like(s, np.nan) for s in data.train],
+    # Finite values (NaN data is refused at load) whose log-density overflows float32: a non-finite loss.
+    poisoned = SequenceData(name=data.name, train=[np.full_like(s, 1e30) for s in data.train],
                             valid=data.valid, test=data.test, feature_dim=3, kind="handwriting", info=data.info)
     with pytest.raises(FloatingPointError, match="non-finite"):
         training.train(str(run), "msstcn", MODEL, poisoned, settings(train_steps=20, max_nonfinite_steps=3,

@@ -379,11 +379,11 @@ def report_markdown(report: dict) -> str:
 
 def write_report(run_dir, split, report) -> tuple:
     """Writes ``R/eval_<split>.json`` and ``.md`` atomically; returns their paths."""
-    from tfhier.training import atomic_write_text
+    from tfhier.fileio import atomic_write
 
     json_path, md_path = output_paths(run_dir, split)
-    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")
-    atomic_write_text(md_path, report_markdown(report))
+    atomic_write(json_path, json.dumps(report, indent=2) + "\n")
+    atomic_write(md_path, report_markdown(report))
     return json_path, md_path
 
 

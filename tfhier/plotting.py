@@ -8,8 +8,6 @@ reaches (the convention of :mod:`tfhier.data.strokes`).
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -52,17 +50,11 @@ def save_handwriting_png(seqs: Sequence, path, offset_scale: float = 1.0,
     The PNG goes to a temporary file in the same folder first and is then
     renamed, so a reader (or a crash) never sees half a file.
     """
+    from tfhier.fileio import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = handwriting_figure(seqs, offset_scale, titles)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     return path
 
 

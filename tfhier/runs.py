@@ -46,6 +46,10 @@ class RunError(ValueError):
     """The run directory (or a file in it) cannot be used; the message says which and why."""
 
 
+class CheckpointGone(RunError):
+    """The checkpoint's files vanished while being read (a training process rotated it away)."""
+
+
 @dataclasses.dataclass
 class Run:
     """A loaded run: its model at ``checkpoint`` (step ``step``) and, if asked for, its data."""
@@ -137,8 +141,17 @@ def latest_checkpoint(run_dir, which="checkpoints") -> str:
     the checkpoint with the best validation bound); RunError when there is none."""
     import tensorflow as tf
 
+    from tfhier.rundir import checkpoint_prefixes
+
     ckpt_dir = os.path.join(_require_run_dir(run_dir), which)
-    path = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    try:
+        path = tf.train.latest_checkpoint(ckpt_dir) if os.path.isdir(ckpt_dir) else None
+    except Exception:  # a garbled state file
+        path = None
+    if not path or not tf.io.gfile.exists(path + ".index"):
+        # The state file is missing, garbled or stale: the newest complete checkpoint present.
+        present = checkpoint_prefixes(ckpt_dir)
+        path = present[0] if present else None
     if not path:
         raise RunError(f"--run_dir={run_dir} has no checkpoint in {ckpt_dir} (has the run saved one yet?)")
     return path
@@ -178,8 +191,11 @@ def restore_model_weights(model, checkpoint: str) -> int:
         v.assign(tf.fill(tf.shape(v), float("nan")))
     try:
         tf.train.Checkpoint(model=model_variables(model)).restore(checkpoint).expect_partial()
-    except (ValueError, tf.errors.OpError) as e:
-        raise RunError(f"checkpoint {checkpoint} does not fit this model configuration: {e}") from None
+    except tf.errors.NotFoundError as e:
+        raise CheckpointGone(f"checkpoint {checkpoint} is gone ({e.message.splitlines()[0][:200]})") from None
+    except Exception as e:  # truncated or corrupt files raise many error types
+        raise RunError(f"checkpoint {checkpoint} cannot be read ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     missing = [v.path for v in weights if not bool(np.all(np.isfinite(v.numpy())))]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -201,11 +217,7 @@ def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict]
     from tfhier.models import build_model
 
     config = config or read_config(run_dir)
-    if checkpoint is None:
-        checkpoint = latest_checkpoint(run_dir)
-    elif checkpoint == "best":
-        checkpoint = latest_checkpoint(run_dir, "best")
-    elif not tf.io.gfile.exists(str(checkpoint) + ".index"):
+    if checkpoint not in (None, "best") and not tf.io.gfile.exists(str(checkpoint) + ".index"):
         raise RunError(f"--checkpoint={checkpoint}: no such checkpoint (expected {checkpoint}.index)")
     try:
         model = build_model(config["model"], int(config["feature_dim"]), dict(config["model_config"]))
@@ -213,8 +225,19 @@ def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict]
         raise RunError(f"{os.path.join(str(run_dir), 'config.json')}: cannot build model "
                        f"{config['model']!r} from its model_config: {e}") from None
     model.build_for_data()
-    step = restore_model_weights(model, str(checkpoint))
-    return model, str(checkpoint), step
+    # A training process may rotate the latest checkpoint away while it is read: read the newest again.
+    for attempt in range(3):
+        path = checkpoint
+        if checkpoint is None:
+            path = latest_checkpoint(run_dir)
+        elif checkpoint == "best":
+            path = latest_checkpoint(run_dir, "best")
+        try:
+            step = restore_model_weights(model, str(path))
+            return model, str(path), step
+        except CheckpointGone:
+            if checkpoint not in (None, "best") or attempt == 2:
+                raise
 
 
 def data_options(run_dir, config: Optional[dict] = None, flags: Optional[dict] = None, **overrides) -> dict:

@@ -9,27 +9,12 @@ kind is also saved as ``.npz`` in model space.
 from __future__ import annotations
 
 import os
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
 from tfhier import plotting
-
-
-def _atomic_save(path, write):
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+from tfhier.fileio import atomic_write
 
 
 def waveforms(x, info):
@@ -42,7 +27,7 @@ def waveforms(x, info):
 def save_samples(x, kind, info, stem):
     """Saves samples ``x`` [N, T, D] as ``stem.npz`` plus the kind's own format; returns the main path."""
     x = np.asarray(x)
-    _atomic_save(stem + ".npz", lambda p: np.savez(p, samples=x))
+    atomic_write(stem + ".npz", lambda p: np.savez(p, samples=x))
     if kind == "handwriting":
         return str(plotting.save_handwriting_png(list(x), stem + ".png", float(info.get("offset_scale", 1.0))))
     if kind == "audio":
@@ -51,7 +36,7 @@ def save_samples(x, kind, info, stem):
         rate = int(info["sample_rate"])
         for i, wave in enumerate(waveforms(x, info)):
             peak = max(1.0, float(np.max(np.abs(wave))))
-            _atomic_save(f"{stem}_{i}.wav", lambda p, w=wave / peak: sf.write(p, w, rate, format="WAV"))
+            atomic_write(f"{stem}_{i}.wav", lambda p, w=wave / peak: sf.write(p, w, rate, format="WAV"))
         return f"{stem}_0.wav"
     if kind == "binary":
         import matplotlib
@@ -63,7 +48,7 @@ def save_samples(x, kind, info, stem):
         for i, seq in enumerate(x):
             ax = fig.add_subplot(len(x), 1, i + 1)
             ax.imshow(seq.T, aspect="auto", origin="lower", cmap="gray_r", interpolation="nearest")
-        return _atomic_save(stem + ".png", lambda p: fig.savefig(p, format="png"))
+        return atomic_write(stem + ".png", lambda p: fig.savefig(p, format="png"))
     return stem + ".npz"
 
 

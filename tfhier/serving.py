@@ -349,6 +349,11 @@ def plan_export(run_dir, export_base, version: Optional[int] = None, model_name:
         raise ExportError("--export_base is empty; give the folder that holds <model_name>/<version>/ exports")
     if os.path.exists(export_base) and not os.path.isdir(export_base):
         raise ExportError(f"--export_base={export_base} exists and is not a directory")
+    from tfhier.rundir import writable_problem
+
+    problem = writable_problem(export_base, "--export_base")
+    if problem:
+        raise ExportError(problem)
     if model_name is None:
         model_name = sanitize_model_name(os.path.basename(os.path.normpath(os.path.abspath(str(run_dir)))))
     check_model_name(model_name)

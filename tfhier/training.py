@@ -23,7 +23,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Optional
 
@@ -33,15 +32,13 @@ import tensorflow as tf
 from absl import logging
 
 from tfhier import objectives
+from tfhier.fileio import atomic_write
+from tfhier.rundir import RunDirError, RunLock, checkpoint_prefixes, repair_state, writable_problem
 from tfhier.data.base import SequenceData
 from tfhier.data.pipeline import make_dataset
 from tfhier.models import build_model
 from tfhier.models.base import naive_generation_problem
 from tfhier import samples as samples_lib
-
-
-class RunDirError(ValueError):
-    """The run directory cannot be used for this run (message says why; nothing was changed)."""
 
 
 @dataclasses.dataclass
@@ -74,31 +71,30 @@ class TrainSettings:
     verbose: str = "auto"
 
     def validate(self):
+        """Raises ValueError naming the flag for the first unusable setting (before any data is read)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name} must be a finite number, got {value}")
         positive = ["train_steps", "batch_size", "seq_len", "lr_decay_steps", "eval_every", "log_every",
-                    "checkpoint_every", "sample_every", "max_nonfinite_steps"]
+                    "checkpoint_every", "sample_every", "max_nonfinite_steps", "free_bits_halving_steps",
+                    "anneal_steps"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         for name in ("learning_rate", "lr_decay_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs"):
+        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs", "free_bits"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
-
-
-def atomic_write_text(path, text):
-    """Writes ``text`` to ``path`` via a temporary file and rename: never a half-written file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        if not 0.0 <= self.beta_start <= 1.0:
+            raise ValueError(f"--beta_start must be in [0, 1] (the initial KL weight), got {self.beta_start}")
+        if not 0 <= self.seed < 2 ** 31:
+            raise ValueError(f"--seed must be an integer in [0, 2^31 - 1], got {self.seed}")
+        if self.kl_regularizer not in objectives.KL_REGULARIZERS:
+            raise ValueError(f"--kl_regularizer must be one of {objectives.KL_REGULARIZERS}, got "
+                             f"{self.kl_regularizer!r}")
 
 
 def _jsonable(info: dict) -> dict:
@@ -134,11 +130,13 @@ def _saved_identity(old: dict) -> dict:
     return json.loads(json.dumps(identity))
 
 
-def check_run_dir(run_dir, config) -> bool:
+def check_run_dir(run_dir, config, allow_data_change=False) -> bool:
     """Returns True when ``run_dir`` continues an earlier run of ``config``.
 
-    Raises :class:`RunDirError` when it holds another configuration or a
-    checkpoint without a ``config.json``; nothing is written either way.
+    Raises :class:`RunDirError` when it holds another configuration, a
+    checkpoint without a ``config.json``, or (unless ``allow_data_change``) a
+    run trained on other data (its saved data facts differ: another data set
+    behind the same ``--dataset``); nothing is written either way.
     """
     config_path = os.path.join(run_dir, "config.json")
     ckpt_dir = os.path.join(run_dir, "checkpoints")
@@ -157,8 +155,17 @@ def check_run_dir(run_dir, config) -> bool:
                 f"--run_dir={run_dir} holds a run of another configuration ({'; '.join(diffs)}). "
                 f"Refusing to resume or overwrite it: use a new --run_dir, or the run's own flags "
                 f"(--flagfile={os.path.join(run_dir, 'flags.cfg')}).")
+        from tfhier.runs import _info_differences
+
+        changes = _info_differences(old.get("data_info", {}), config.get("data_info", {}))
+        if changes and not allow_data_change:
+            raise RunDirError(
+                f"--run_dir={run_dir} was trained on other data ({'; '.join(changes)}). Refusing to resume on these "
+                f"data; give --allow_data_change to continue training on them anyway")
+        if changes:
+            logging.warning("resuming %s on other data (--allow_data_change): %s", run_dir, "; ".join(changes))
         return True
-    if tf.train.latest_checkpoint(ckpt_dir):
+    if checkpoint_prefixes(ckpt_dir) or checkpoint_prefixes(os.path.join(run_dir, "best")):
         raise RunDirError(f"--run_dir={run_dir} holds checkpoints but no config.json, so its configuration "
                           f"is unknown; refusing to use it. Use a new --run_dir.")
     return False
@@ -183,7 +190,7 @@ def _write_flags(run_dir, flags_text, step):
             if f.read() == flags_text:
                 return
         path = os.path.join(run_dir, f"flags.step_{step}.cfg")
-    atomic_write_text(path, flags_text)
+    atomic_write(path, flags_text)
 
 
 def make_optimizer(s: TrainSettings):
@@ -222,6 +229,7 @@ class Checkpointer:
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "checkpoints"),
                                                   max_to_keep=max_to_keep)
         self.best_manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(run_dir, "best"), max_to_keep=1)
+        self.max_to_keep = max_to_keep
         self.model = model
         self.optimizer = optimizer
 
@@ -239,17 +247,44 @@ class Checkpointer:
         if not self.weights_finite():
             return None
         self.best_value.assign(valid_neg_elbo_per_step)
-        return self.best_manager.save(checkpoint_number=self.step)
+        return _saving(lambda: self.best_manager.save(checkpoint_number=self.step), self.best_manager)
 
     def restore_latest(self):
-        """Restores the latest checkpoint if any; returns its path (or None)."""
-        path = self.manager.latest_checkpoint
-        if path:
+        """Restores the newest checkpoint that can be read; returns ``(path, notes)`` (``(None, [])`` if none).
+
+        The candidates are the complete checkpoint files present in
+        ``R/checkpoints`` (then ``R/best``), newest first, whatever the state
+        file says: a lost or garbled state file is rewritten from them, and a
+        checkpoint that cannot be read (truncated, corrupt) is skipped for the
+        next older one.  ``notes`` say what was repaired or skipped.  Raises
+        RunDirError when checkpoint files exist and none can be restored.
+        """
+        notes = []
+        for manager in (self.manager, self.best_manager):
+            problem = repair_state(manager.directory)
+            if problem:
+                notes.append(f"{manager.directory}: {problem}; rewrote it from the checkpoint files present")
+        self._reload_managers()
+        candidates = checkpoint_prefixes(self.manager.directory) + checkpoint_prefixes(self.best_manager.directory)
+        failures = []
+        for path in candidates:
             try:
                 self.checkpoint.restore(path).assert_existing_objects_matched()
-            except (AssertionError, ValueError, tf.errors.OpError) as e:
-                raise RunDirError(f"checkpoint {path} does not fit this model configuration: {e}") from None
-        return path
+            except Exception as e:  # truncated or corrupt files surface as many error types
+                failures.append(f"{path} ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
+                continue
+            if failures:
+                notes.append(f"could not read {'; '.join(failures)}: resumed from the older {path} instead")
+            return path, notes
+        if failures:
+            raise RunDirError(f"no checkpoint of this run can be restored: {'; '.join(failures)}. Nothing was "
+                              f"changed; move the run directory aside to start afresh, or restore its files")
+        return None, notes
+
+    def _reload_managers(self):
+        self.manager = tf.train.CheckpointManager(self.checkpoint, self.manager.directory,
+                                                  max_to_keep=self.max_to_keep)
+        self.best_manager = tf.train.CheckpointManager(self.checkpoint, self.best_manager.directory, max_to_keep=1)
 
     def weights_finite(self):
         return all(bool(np.all(np.isfinite(v.numpy()))) for v in self.model.weights)
@@ -262,7 +297,18 @@ class Checkpointer:
             return None
         if self.manager.latest_checkpoint and self.manager.latest_checkpoint.endswith(f"-{self.step}"):
             return self.manager.latest_checkpoint
-        return self.manager.save(checkpoint_number=self.step)
+        return _saving(lambda: self.manager.save(checkpoint_number=self.step), self.manager)
+
+
+def _saving(save, manager):
+    """``save()``; a failed write (disk full, read-only) is a RunDirError: the earlier checkpoints stay intact
+    (the state file only moves to a checkpoint once its files are complete)."""
+    try:
+        return save()
+    except (tf.errors.OpError, OSError) as e:
+        message = getattr(e, "message", None) or str(e)
+        raise RunDirError(f"cannot write a checkpoint in {manager.directory} ({message.splitlines()[0][:300]}); "
+                          f"the earlier checkpoints ({manager.latest_checkpoint or 'none'}) are intact") from None
 
 
 # TensorBoard tag of each metric; every per-layer KL goes under kl/ so TensorBoard groups them.
@@ -396,18 +442,95 @@ class TrainingMonitor(keras.callbacks.Callback):
         print(f"\nstep {step}: samples written to {path}", flush=True)
 
 
+class Preempted(Exception):
+    """Training stopped on SIGTERM / SIGINT after writing a checkpoint at the current step."""
+
+    def __init__(self, signum, step, checkpoint):
+        import signal as _signal
+
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        self.name = _signal.Signals(signum).name
+        super().__init__(f"stopped by {self.name} at step {step}; checkpoint {checkpoint or '(none written)'}; "
+                         f"rerun the same command to resume")
+
+    @property
+    def exit_status(self):
+        """128 + the signal number: what a shell (and a scheduler) reads as "killed by that signal"."""
+        return 128 + self.signum
+
+
+class _SignalStop:
+    """SIGTERM and SIGINT stop training after the current step (a checkpoint is written); a second one exits at
+    once.  Outside ``fit`` (while loading), the first one raises :class:`Preempted` straight away."""
+
+    SIGNALS = ("SIGTERM", "SIGINT")
+
+    def __init__(self):
+        self.received = None
+        self.model = None
+        self._old = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for name in self.SIGNALS:
+                sig = getattr(signal, name)
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        import signal
+        import sys
+
+        if self.received is not None:  # the second signal: no more waiting
+            sys.stderr.write(f"\n{signal.Signals(signum).name} again: exiting without a checkpoint\n")
+            os._exit(128 + signum)
+        self.received = signum
+        if self.model is None:
+            raise Preempted(signum, None, None)
+        sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after this step and writing a checkpoint "
+                         f"(send it again to exit at once)\n")
+        self.model.stop_training = True
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
 def train(run_dir, model_name, model_config, data: SequenceData, settings: TrainSettings,
-          flags_text: Optional[str] = None, strategy: Optional[tf.distribute.Strategy] = None):
+          flags_text: Optional[str] = None, strategy: Optional[tf.distribute.Strategy] = None,
+          allow_data_change: bool = False):
     """Trains (or resumes) a run. Returns ``(model, history_logs)``.
 
     Raises :class:`RunDirError` / ``ValueError`` with a clear message on bad
-    input, before anything in ``run_dir`` is changed.
+    input, before anything in ``run_dir`` is changed; :class:`Preempted` after
+    SIGTERM / SIGINT (a checkpoint at the step reached is written first).
+    The run directory is locked (:class:`tfhier.rundir.RunLock`) for the whole call.
     """
     settings.validate()
     data.check()
+    if len(data.train) < settings.batch_size:
+        raise ValueError(f"--batch_size={settings.batch_size} is larger than the {len(data.train)} training sequences "
+                         f"of this data set (training batches are full batches)")
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunDirError(f"--run_dir={run_dir} is a file, not a directory")
+    problem = writable_problem(run_dir, "--run_dir")
+    if problem:
+        raise RunDirError(problem)
     # The configuration (and so the check of run_dir) needs only the model object, not its weights.
     config = run_config(build_model(model_name, data.feature_dim, model_config), data)
-    resuming = check_run_dir(run_dir, config)
+    check_run_dir(run_dir, config, allow_data_change)  # before anything is created (again under the lock below)
+    os.makedirs(run_dir, exist_ok=True)
+    with RunLock(run_dir), _SignalStop() as stop:
+        resuming = check_run_dir(run_dir, config, allow_data_change)
+        return _train_locked(run_dir, model_name, config, data, settings, flags_text, strategy, resuming, stop)
+
+
+def _train_locked(run_dir, model_name, config, data, settings, flags_text, strategy, resuming, stop):
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(settings.seed)
 
@@ -419,17 +542,21 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
         optimizer.build(model.trainable_variables)
     print(f"{model_name}: {model.count_params():,} parameters", flush=True)
 
-    os.makedirs(run_dir, exist_ok=True)
     checkpointer = Checkpointer(run_dir, model, optimizer, objective)
-    restored = checkpointer.restore_latest() if resuming else None
+    restored, notes = checkpointer.restore_latest() if resuming else (None, [])
+    for note in notes:
+        print(f"warning: {note}", flush=True)
     step = checkpointer.step
     if restored:
         print(f"resumed from {restored} at step {step} (free-bits lambda "
               f"{float(objective.free_bits_lambda.numpy()):.4g})", flush=True)
-    if not resuming:
-        atomic_write_text(os.path.join(run_dir, "config.json"), json.dumps(config, indent=2) + "\n")
-    if flags_text is not None:
-        _write_flags(run_dir, flags_text, step)
+    try:
+        if not resuming:
+            atomic_write(os.path.join(run_dir, "config.json"), json.dumps(config, indent=2) + "\n")
+        if flags_text is not None:
+            _write_flags(run_dir, flags_text, step)
+    except OSError as e:
+        raise RunDirError(f"--run_dir={run_dir}: cannot write the run's files ({e.strerror or e})") from None
     objective.update(step)
     if step >= settings.train_steps:
         print(f"{run_dir} is already trained to step {step} >= --train_steps={settings.train_steps}", flush=True)
@@ -442,9 +569,13 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
     valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad,
                             static_shapes=settings.jit_compile)
     monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
-    # A Keras epoch is one validation interval (never longer than the whole run).
+    # A Keras epoch is one validation interval (never longer than the whole run). One more epoch than needed
+    # makes up for skipped (non-finite) updates; the monitor stops at --train_steps.
     steps_per_epoch = min(settings.eval_every, settings.train_steps)
-    epochs = math.ceil(settings.train_steps / steps_per_epoch)
+    epochs = math.ceil(settings.train_steps / steps_per_epoch) + 1
+    stop.model = model
+    if stop.received is not None:
+        raise Preempted(stop.received, step, None)
     history = model.fit(train_ds, epochs=epochs, initial_epoch=step // steps_per_epoch,
                         steps_per_epoch=steps_per_epoch, validation_data=valid_ds,
                         validation_steps=settings.eval_batches or None, callbacks=[monitor],
@@ -453,4 +584,10 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
         raise FloatingPointError(
             f"training stopped at step {checkpointer.step}: {monitor.consecutive_nonfinite} consecutive non-finite "
             f"losses; the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")
+    if stop.received is not None:
+        raise Preempted(stop.received, checkpointer.step, checkpointer.manager.latest_checkpoint)
+    if checkpointer.step < settings.train_steps:
+        raise FloatingPointError(f"training stopped at step {checkpointer.step}, short of --train_steps="
+                                 f"{settings.train_steps} ({monitor.consecutive_nonfinite} non-finite steps at the "
+                                 f"end); the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")
     return model, history.history

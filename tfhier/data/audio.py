@@ -71,6 +71,10 @@ AUDIO_EXTENSIONS = frozenset({
 })
 
 DEFAULT_SILENCE_THRESHOLD = 0.01
+#: sampling rates accepted in a file (Hz): telephone speech is 8 kHz, studio audio at most 384 kHz
+MIN_FILE_RATE, MAX_FILE_RATE = 1_000, 768_000
+#: the longest file accepted, seconds (checked from the header, before anything is decoded or resampled)
+MAX_FILE_SECONDS = 4 * 3600
 
 
 def find_audio_files(data_dir: str | os.PathLike) -> list[Path]:
@@ -151,6 +155,15 @@ def read_audio(path: str | os.PathLike, sample_rate: Optional[int] = None) -> tu
         with sf.SoundFile(str(path)) as f:
             rate, announced = f.samplerate, f.frames
             fmt = f.format
+            # Sizes from the header, before decoding or resampling allocates anything.
+            if not MIN_FILE_RATE <= rate <= MAX_FILE_RATE:
+                raise DataError(f"{path}: sampling rate {rate} Hz is implausible; expected {MIN_FILE_RATE} to "
+                                f"{MAX_FILE_RATE} Hz")
+            if 0 < announced < 2**62 and announced / rate > MAX_FILE_SECONDS:
+                raise DataError(f"{path}: {announced / rate / 3600:.1f} hours of audio in one file; expected at "
+                                f"most {MAX_FILE_SECONDS / 3600:g} hours per file (split it)")
+            if f.channels > 64:
+                raise DataError(f"{path}: {f.channels} channels; expected mono or a few channels (at most 64)")
             data = f.read(dtype="float64", always_2d=True)
     except DataError:
         raise
@@ -160,8 +173,6 @@ def read_audio(path: str | os.PathLike, sample_rate: Optional[int] = None) -> tu
         ) from e
     if fmt == "OGG":
         _check_ogg_complete(path, size)
-    if rate <= 0:
-        raise DataError(f"{path}: invalid sampling rate {rate}")
     if 0 < announced < 2**62 and data.shape[0] < announced:
         raise DataError(
             f"{path}: truncated audio file: header announces {announced} frames, only "

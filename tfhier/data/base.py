@@ -63,5 +63,17 @@ class SequenceData:
                         f"dataset {self.name!r}: {split} sequence {i} has shape "
                         f"{getattr(s, 'shape', None)}, expected [T>0, {self.feature_dim}]")
                 if s.dtype != np.float32:
-                    seqs[i] = s.astype(np.float32)
+                    with np.errstate(over="ignore"):
+                        seqs[i] = s = s.astype(np.float32)
+                if not np.isfinite(s).all():
+                    t = int(np.argwhere(~np.isfinite(s))[0, 0])
+                    raise DataError(f"dataset {self.name!r}: {split} sequence {i} holds a NaN or infinite value "
+                                    f"(first at step {t}{self._source(split, i)}); expected finite numbers "
+                                    f"(float32)")
         return self
+
+    def _source(self, split, i) -> str:
+        """Where sequence i of ``split`` came from, if the loader recorded it (IAM-OnDB's ``line_ids``)."""
+        names = self.info.get("line_ids")
+        names = names.get(split) if isinstance(names, dict) else None
+        return f", line {names[i]}" if names is not None and i < len(names) else ""

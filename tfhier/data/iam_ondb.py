@@ -58,6 +58,8 @@ TASK_FILES = {
     "test": ("testset_f.txt",),
 }
 HASH_SPLIT_FRACTION = 0.05
+#: the largest |x| or |y| accepted (real files stay below 1e5; float32 offsets stay exact far beyond)
+MAX_COORDINATE = 10 ** 9
 
 
 def load_iam_ondb(data_dir, *, seed: int = 0) -> SequenceData:
@@ -73,8 +75,11 @@ def load_iam_ondb(data_dir, *, seed: int = 0) -> SequenceData:
                         "expected a folder holding lineStrokes/**/*.xml")
     paths = sorted((data_dir / "lineStrokes").rglob("*.xml"))
     if not paths:
+        hint = ""
+        if data_dir.name == "lineStrokes" or next(data_dir.rglob("*.xml"), None) is not None:
+            hint = f" (XML files are under {data_dir} itself: give its parent folder, --data_dir={data_dir.parent})"
         raise DataError(f"no lineStrokes/**/*.xml files under {data_dir}; expected the "
-                        "unpacked IAM-OnDB lineStrokes-all.tar.gz there")
+                        f"unpacked IAM-OnDB lineStrokes-all.tar.gz there{hint}")
 
     line_ids, raw_steps, starts = [], [], []
     for path in paths:
@@ -149,8 +154,15 @@ def dequantisation_noise(scale: float) -> Callable[[tf.Tensor], tf.Tensor]:
 
 def _read_line_strokes(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Returns a line's points ``[N, 2]`` (y negated) and ``[N]`` stroke-end flags."""
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory; expected an IAM-OnDB line XML file")
     try:
-        root = ET.fromstring(path.read_bytes())
+        data = path.read_bytes()
+    except OSError as err:  # a dangling symlink, a symlink loop, no permission
+        raise DataError(f"{path}: cannot read it ({err.strerror or err}); expected an IAM-OnDB line XML "
+                        "file") from None
+    try:
+        root = ET.fromstring(data)
     except ET.ParseError as err:
         raise DataError(f"{path}: malformed or truncated XML ({err}); expected an "
                         "IAM-OnDB <WhiteboardCaptureSession> file") from None
@@ -164,10 +176,15 @@ def _read_line_strokes(path: Path) -> tuple[np.ndarray, np.ndarray]:
         for point in stroke_points:
             x, y = point.get("x"), point.get("y")
             try:
-                points.append((int(x), -int(y)))
+                px, py = int(x), int(y)
             except (TypeError, ValueError):
                 raise DataError(f"{path}: <Point x={x!r} y={y!r}>; expected integer x and y "
                                 "attributes") from None
+            if abs(px) > MAX_COORDINATE or abs(py) > MAX_COORDINATE:
+                shown = lambda v: v if len(v) <= 24 else v[:20] + f"... ({len(v)} digits)"  # noqa: E731
+                raise DataError(f"{path}: <Point x={shown(x)!r} y={shown(y)!r}>; expected pen coordinates within "
+                                f"+-{MAX_COORDINATE:.0e} (IAM-OnDB's whiteboard units are below 1e5)")
+            points.append((px, -py))
             stroke_end.append(False)
         if stroke_points:
             stroke_end[-1] = True

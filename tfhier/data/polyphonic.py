@@ -61,11 +61,27 @@ def _numpy_scalar():
     return scalar
 
 
+# No bytes/bytearray: called by REDUCE with an int they allocate that many bytes (bytearray(3e9) is 35 bytes
+# of pickle); music pickles never need them (Python 3 stores protocol-2 bytes through _codecs.encode).
 _SAFE_BUILTINS = {
     "list": list, "dict": dict, "tuple": tuple, "set": set, "frozenset": frozenset,
     "int": int, "float": float, "complex": complex, "bool": bool, "str": str,
-    "bytes": bytes, "bytearray": bytearray, "long": int, "unicode": str,
+    "long": int, "unicode": str,
 }
+
+#: limits on what a music data set can hold, checked before anything is expanded into piano rolls
+MAX_FILE_BYTES = 512 * 2 ** 20
+MAX_SEQUENCES = 100_000
+MAX_TOTAL_STEPS = 2_000_000  # the published sets hold at most ~0.3 M steps (Nottingham: 266,537)
+MAX_STRING_CHARS = 2 ** 20
+
+
+def _small_dtype(*args, **kwargs):
+    """``numpy.dtype`` for the scalar types of music pickles only (a big void dtype would allocate)."""
+    dtype = np.dtype(*args, **kwargs)
+    if dtype.kind not in "biuf" or dtype.itemsize > 8:
+        raise DataError(f"refusing numpy dtype {dtype!r}: a polyphonic music pickle holds integer notes only")
+    return dtype
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -77,6 +93,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def _latin1_encode(self, obj, encoding="utf-8", errors="strict"):
         # Python 3 writes bytes in protocol <= 2 as _codecs.encode(str, 'latin1').
+        if isinstance(obj, str) and len(obj) > MAX_STRING_CHARS:
+            raise DataError(f"{self._source}: refusing _codecs.encode of {len(obj)} characters: a numpy scalar's "
+                            f"bytes are a few characters")
         if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
             raise DataError(
                 f"{self._source}: refusing _codecs.encode with encoding {encoding!r}: only the "
@@ -89,7 +108,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
             return _numpy_scalar()
         if module == "numpy" and name == "dtype":
-            return np.dtype
+            return _small_dtype
         if module == "_codecs" and name == "encode":
             return self._latin1_encode
         raise DataError(
@@ -99,6 +118,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 def _unpickle(path: str) -> Any:
     try:
+        size = os.path.getsize(path)
+        if size > MAX_FILE_BYTES:
+            raise DataError(f"{path}: {size / 2 ** 20:.0f} MB; a polyphonic music pickle is at most "
+                            f"{MAX_FILE_BYTES // 2 ** 20} MB (the published ones are a few MB)")
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
@@ -134,6 +157,8 @@ def _piano_roll(seq: Any, path: str, split: str, i: int) -> np.ndarray:
         if not isinstance(step, (list, tuple)):
             raise DataError(
                 f"{where} step {t} is a {type(step).__name__}, expected a list of MIDI note numbers")
+        if len(step) > NUM_KEYS:
+            raise DataError(f"{where} step {t} holds {len(step)} notes; a piano has {NUM_KEYS} keys")
         for note in step:
             if not _is_int(note):
                 raise DataError(
@@ -178,6 +203,7 @@ def load_polyphonic(path: str | os.PathLike) -> SequenceData:
             f"{path}: the dict lacks key(s) {missing}, expected keys 'train', 'valid', 'test' "
             f"(found {sorted(map(str, obj.keys()))})")
     splits = {}
+    total_steps = 0
     for split in _SPLITS:
         seqs = obj[split]
         if not isinstance(seqs, (list, tuple)):
@@ -185,6 +211,17 @@ def load_polyphonic(path: str | os.PathLike) -> SequenceData:
                 f"{path}: '{split}' is a {type(seqs).__name__}, expected a list of sequences")
         if len(seqs) == 0:
             raise DataError(f"{path}: the '{split}' split is empty")
+        if len(seqs) > MAX_SEQUENCES:
+            raise DataError(f"{path}: the '{split}' split holds {len(seqs):,} sequences; a music data set holds at "
+                            f"most {MAX_SEQUENCES:,}")
+        # Shared references make a small pickle stand for a huge data set: count before expanding anything.
+        total_steps += sum(len(s) if isinstance(s, (list, tuple)) else 0 for s in seqs)
+        if total_steps > MAX_TOTAL_STEPS:
+            raise DataError(f"{path}: holds more than {MAX_TOTAL_STEPS:,} time steps (counted up to the "
+                            f"'{split}' split); a music data set holds far fewer (refused before building piano "
+                            f"rolls)")
+    for split in _SPLITS:
+        seqs = obj[split]
         splits[split] = [_piano_roll(s, path, split, i) for i, s in enumerate(seqs)]
     dataset = os.path.splitext(os.path.basename(path))[0]
     return SequenceData(

@@ -28,13 +28,22 @@ def build_model(name, input_dim, config: dict) -> SequenceModel:
     return model_class(name)(input_dim, **config)
 
 
+#: the output heads that are densities of each kind of data
+HEADS_FOR_KIND = {"handwriting": ("handwriting", "gaussian", "gmm"), "binary": ("bernoulli", "bernoulli_mixture"),
+                  "audio": ("gaussian", "gmm"), "real": ("gaussian", "gmm")}
+
+
 def config_for_data(name, values: dict, kind: str) -> dict:
-    """Hyperparameters ``values`` for data of ``kind``: ``head`` 'auto' (or unset) becomes the kind's head."""
+    """Hyperparameters ``values`` for data of ``kind``: ``head`` 'auto' (or unset) becomes the kind's head; a
+    head that is no density of that kind of data (a Bernoulli on pen offsets) is an error naming --head."""
     from tfhier.data import DEFAULT_HEADS
 
     values = dict(values)
     if values.get("head", "auto") == "auto":
         values["head"] = DEFAULT_HEADS[kind]
+    if kind in HEADS_FOR_KIND and values["head"] not in HEADS_FOR_KIND[kind]:
+        raise hparams.HParamError(f"--head={values['head']} does not fit {kind} data; expected one of "
+                                  f"{list(HEADS_FOR_KIND[kind])} (or auto: {DEFAULT_HEADS[kind]})")
     model_class(name)  # a clear error for an unknown name
     return values
 

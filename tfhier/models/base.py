@@ -243,6 +243,8 @@ class SequenceModel(keras.Model):
         self.input_dim = int(input_dim)
         self.noise_seed = int(noise_seed)
         values = hp.resolve(type(self), kwargs, model_name=self.NAME or type(self).__name__)
+        if values.get("head_components", 1) < 1:
+            raise hp.HParamError(f"{self.NAME}: --head_components must be >= 1, got {values['head_components']}")
         if values.get("head") == "auto":
             raise hp.HParamError(f"{self.NAME}: head='auto' must be resolved from the data kind before building "
                                  "(tfhier.models.config_for_data does it)")
