@@ -77,6 +77,11 @@ flags.DEFINE_integer("sample_rate", 16000, "audio: resample to this rate (Hz).")
 flags.DEFINE_integer("frame_width", 200, "audio: waveform samples per time step.")
 flags.DEFINE_integer("num_lines", 2000, "hershey: training lines to render.")
 flags.DEFINE_string("synthetic_setting", "train", "vhrnn_synthetic: which test setting forms the test split.")
+flags.DEFINE_enum("offset_scale", "std", ["std", "chung2015"], "iam_ondb: divide offsets by the pooled std of dx, dy "
+                  "(std) or by the MS-STCN authors' X_std (chung2015, ~sqrt(2) x std: bounds 2 ln(ratio) ~ 0.69 nats "
+                  "per step lower).")
+flags.DEFINE_enum("framing", "consecutive", ["consecutive", "authors"], "audio: consecutive samples in a step (the "
+                  "papers) or the MS-STCN authors' channels-first reshape of each 0.5 s row.")
 
 flags.DEFINE_string("model_config", None, "Model hyperparameters as a JSON object (or the path of a JSON file), "
                     "e.g. '{\"channels\": [32, 32]}'; overrides the model flags below.")
@@ -126,7 +131,7 @@ def main(argv):
         model_config = model_config_from_flags(feature_dim, kind)
         data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
                             frame_width=FLAGS.frame_width, num_lines=FLAGS.num_lines,
-                            setting=FLAGS.synthetic_setting)
+                            setting=FLAGS.synthetic_setting, offset_scale=FLAGS.offset_scale, framing=FLAGS.framing)
         print(f"{FLAGS.dataset}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
               f"sequences of {data.feature_dim}-d steps", flush=True)
         model_config["noise_seed"] = FLAGS.seed

@@ -77,8 +77,11 @@ def np_gate(a):
 def np_skip(block, x):
     if block.skip_proj is None:
         return x
-    assert block.skip_proj.bias is None  # identity projection has no bias
-    return x @ block.skip_proj.kernel.numpy()[0].astype(np.float64)
+    out = x @ block.skip_proj.kernel.numpy()[0].astype(np.float64)
+    if getattr(block, "mode", None) in ("sum_pool", "repeat"):  # the authors' identity projection has a bias
+        return out + block.skip_proj.bias.numpy()
+    assert block.skip_proj.bias is None  # the paper's identity projection has no bias
+    return out
 
 
 def np_wavenet_block(block, x, c=None):
@@ -95,10 +98,12 @@ def np_downsampling_block(block, x):
         a = np_strided(x, g.kernel.numpy().astype(np.float64), g.bias.numpy().astype(np.float64))
         residual = np_conv_layer(block.out_conv, np_gate(a))
         identity = x.reshape(b_, t_len // s, s, ch).mean(2)
-    else:
-        r = np_conv_layer(block.out_conv, np_gate(np_conv_layer(block.gate_conv, x)))
-        residual = r.reshape(b_, t_len // s, s, -1).sum(2) / math.sqrt(s)
-        identity = x.reshape(b_, t_len // s, s, ch).sum(2) / math.sqrt(s)
+    else:  # the authors' order: conv, pool, gate, bias-free 1x1; identity: projection, then pool
+        a = np_conv_layer(block.gate_conv, x)
+        pooled = a.reshape(b_, t_len // s, s, -1).sum(2) / math.sqrt(s)
+        residual = np_conv_layer(block.out_conv, np_gate(pooled))
+        projected = np_skip(block, x)
+        return projected.reshape(b_, t_len // s, s, -1).sum(2) / math.sqrt(s) + residual
     return np_skip(block, identity) + residual
 
 

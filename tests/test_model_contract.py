@@ -42,7 +42,15 @@ TINY = {
     "stcn_dense": dict(channels=[8, 6], dilations=[1, 2, 4], latent_dims=[3, 2], latent_hidden=[8],
                        output_hidden=[8], shared_latent_nets=False),
 }
-NAMES = sorted(MODELS)
+#: further configurations of a model that change its structure, checked the same way (case name -> model, overrides)
+VARIANTS = {
+    "msstcn_authors": ("msstcn", dict(downsampling="sum_pool", upsampling="repeat", mixture="per_dim",
+                                      gen_post="plain")),
+    "msstcn_nolatents": ("msstcn", dict(latents="none")),
+    "stcn_per_dim": ("stcn", dict(mixture="per_dim", precision_weighting="authors")),
+}
+CASES = {**{name: (name, {}) for name in MODELS}, **VARIANTS}
+NAMES = sorted(CASES)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,10 +62,12 @@ def fast_graph_building():
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": old.get("disable_meta_optimizer", False)})
 
 
-def make(name, **overrides):
-    """The tiny model, built, with every zero-initialised weight randomised (so every path matters) and a
+def make(case, **overrides):
+    """The tiny model of a case, built, with every zero-initialised weight randomised (so every path matters) and a
     smaller output projection (samples stay O(1), so an absolute tolerance means float rounding)."""
+    name, variant = CASES[case]
     config = dict(head="handwriting", head_components=2, **TINY[name])
+    config.update(variant)
     config.update(overrides)
     tf.keras.utils.set_random_seed(0)
     model = build_model(name, 3, config).build_for_data()
@@ -88,9 +98,10 @@ def handwriting(b, t, seed=0):
 
 def test_every_registered_model_has_a_tiny_configuration():
     assert set(TINY) == set(MODELS), f"add a tiny configuration for {sorted(set(MODELS) - set(TINY))} to TINY"
+    assert all(model in MODELS for model, _ in VARIANTS.values())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_registry_name_and_declared_hyperparameters(name):
     cls = MODELS[name]
     assert cls.NAME == name and cls.DESCRIPTION
@@ -104,8 +115,8 @@ def test_registry_name_and_declared_hyperparameters(name):
 def test_config_round_trip_rebuilds_an_identical_model(name):
     model = tiny(name)
     config = json.loads(json.dumps(model.get_config()))  # what config.json holds
-    assert set(config) == {"input_dim", "noise_seed"} | {h.name for h in MODELS[name].HPARAMS}
-    clone = build_model(name, 3, config).build_for_data()
+    assert set(config) == {"input_dim", "noise_seed"} | {h.name for h in type(model).HPARAMS}
+    clone = build_model(type(model).NAME, 3, config).build_for_data()
     assert clone.get_config() == config
     assert [v.path for v in clone.weights] == [v.path for v in model.weights]
     clone.set_weights(model.get_weights())
@@ -179,10 +190,28 @@ def test_padding_changes_nothing(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_nan_and_inf_in_the_padding_change_nothing_and_gradients_stay_finite(name):
+    model = tiny(name)
+    x = handwriting(2, 14)
+    mask = tf.sequence_mask([8, 14], 14, dtype=tf.float32).numpy()
+    clean = x * mask[..., None]
+    dirty = clean.copy()
+    dirty[0, 8:11] = np.nan
+    dirty[0, 11:] = np.inf
+    a, b = model.score(clean, mask, SEED), model.score(dirty, mask, SEED)
+    for key in ("elbo", "nll", "kl"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-5, err_msg=key)
+    with tf.GradientTape() as tape:
+        loss = -tf.reduce_sum(model.score(dirty, mask, SEED)["elbo"])
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g is None or np.isfinite(g.numpy()).all() for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_checkpoint_round_trip_gives_identical_scores(name, tmp_path):
     model = tiny(name)
     path = tf.train.Checkpoint(model=training.model_variables(model)).save(str(tmp_path / "ckpt"))
-    fresh = build_model(name, 3, model.get_config()).build_for_data()
+    fresh = build_model(type(model).NAME, 3, model.get_config()).build_for_data()
     runs.restore_model_weights(fresh, path)
     x, mask = handwriting(2, 10), np.ones((2, 10), np.float32)
     for key in ("elbo", "nll", "kl"):

@@ -395,11 +395,17 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
     """First bottom-up block of a layer with downsampling factor S > 1 (§3, eq. 8b).
 
     ``mode='strided'`` (the paper): the residual path's convolution has kernel
-    S and stride S, the identity path is the average of each S steps.
-    ``mode='sum_pool'`` (the authors' public code): an unstrided causal conv
-    (``kernel_size``, ``dilation_rate``), and both paths reduced by summing each
-    S steps divided by sqrt(S).  Either way coarse step tau depends on fine
-    steps <= S*tau+S-1 only.  A channel change gets a 1x1 identity projection.
+    S and stride S, the identity path is the average of each S steps, with a
+    bias-free 1x1 projection after it on a channel change.
+
+    ``mode='sum_pool'`` (the authors' public code, ``torch_ext_causal_conv.py``:
+    ``WavenetBlock`` with ``downscale``, ``CausalConv1d`` -> ``DownscaleConv1D``):
+    residual path: a causal conv (``kernel_size``, ``dilation_rate``) on the
+    fine grid, then a fixed sum-pool / sqrt(S) (kernel S, stride S, no
+    weights), then the gated activation, then a bias-free 1x1; identity path:
+    a 1x1 (with bias) when the channels change, then the same pooling.
+
+    Either way coarse step tau depends on fine steps <= S*tau+S-1 only.
     """
 
     MODES = ("strided", "sum_pool")
@@ -417,22 +423,20 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
             self.gate_conv = StridedConv1D(2 * self.channels, self.factor, name="gate_conv")
         else:
             self.gate_conv = CausalConv1D(2 * self.channels, self.kernel_size, self.dilation_rate, name="gate_conv")
-        self.out_conv = CausalConv1D(self.channels, 1, name="out_conv")
+        self.out_conv = CausalConv1D(self.channels, 1, use_bias=mode == "strided", name="out_conv")
         self.skip_proj = None
 
     def build(self, input_shape):
         if int(input_shape[-1]) != self.channels:
-            self.skip_proj = CausalConv1D(self.channels, 1, use_bias=False, name="skip_proj")
+            self.skip_proj = CausalConv1D(self.channels, 1, use_bias=self.mode == "sum_pool", name="skip_proj")
 
     def call(self, x):
         if self.mode == "strided":
             residual = self.out_conv(gate(self.gate_conv(x)))
             identity = _mean_pool(x, self.factor)
-        else:
-            residual = _sum_pool(self.out_conv(gate(self.gate_conv(x))), self.factor)
-            identity = _sum_pool(x, self.factor)
-        if self.skip_proj is not None:
-            identity = self.skip_proj(identity)
+            return (identity if self.skip_proj is None else self.skip_proj(identity)) + residual
+        residual = self.out_conv(gate(_sum_pool(self.gate_conv(x), self.factor)))
+        identity = _sum_pool(x if self.skip_proj is None else self.skip_proj(x), self.factor)
         return identity + residual
 
     def initial_state(self, batch):
@@ -444,14 +448,12 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
         if self.mode == "strided":
             residual = self.out_conv.step1(gate(self.gate_conv.step(xs)))
             identity = tf.reduce_mean(tf.stack(xs, axis=1), axis=1)
-        else:
-            # The unstrided causal conv runs at the input rate over the S inputs, then sum / sqrt(S).
-            a, state = self.gate_conv.step(state, xs)
-            residual = tf.add_n([self.out_conv.step1(gate(a_i)) for a_i in a]) / math.sqrt(s)
-            identity = tf.add_n(list(xs)) / math.sqrt(s)
-        if self.skip_proj is not None:
-            identity = self.skip_proj.step1(identity)
-        return identity + residual, state
+            return (identity if self.skip_proj is None else self.skip_proj.step1(identity)) + residual, state
+        # The unstrided causal conv runs at the input rate over the S inputs, then sum / sqrt(S), then the gate.
+        a, state = self.gate_conv.step(state, xs)
+        residual = self.out_conv.step1(gate(tf.add_n(a) / math.sqrt(s)))
+        projected = list(xs) if self.skip_proj is None else [self.skip_proj.step1(x) for x in xs]
+        return tf.add_n(projected) / math.sqrt(s) + residual, state
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "factor": self.factor, "mode": self.mode,
@@ -462,28 +464,45 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
 class UpsamplingWaveNetBlock(keras.layers.Layer):
     """Last top-down block of a layer with factor S > 1: CondWaveNet^U of eq. (12b).
 
-    The gated activation runs at the coarse rate on ``[x, c]``; the residual
-    path's output convolution is a strided transposed convolution (kernel S,
-    stride S) to the fine rate, and the identity path repeats each coarse
-    step S times (nearest neighbour), with a 1x1 projection on a channel change.
+    The gated activation runs at the coarse rate on ``[x, c]``.
+    ``mode='transposed'`` (the paper): the residual path's output convolution
+    is a strided transposed convolution (kernel S, stride S) to the fine rate,
+    so the S fine steps of a coarse step get different values; the identity
+    path repeats each coarse step S times (nearest neighbour), with a
+    bias-free 1x1 projection on a channel change.
+    ``mode='repeat'`` (the authors' public code, ``UpscaleConv1D``: a fixed
+    transposed convolution with weights 1 on both paths): the block runs at
+    the coarse rate (bias-free 1x1 output convolution; a 1x1 with bias on the
+    identity path on a channel change) and every fine step of a coarse step
+    gets the same output.
     """
 
-    def __init__(self, channels, factor, **kwargs):
+    MODES = ("transposed", "repeat")
+
+    def __init__(self, channels, factor, mode="transposed", **kwargs):
         super().__init__(**kwargs)
+        if mode not in self.MODES:
+            raise ValueError(f"{self.name}: upsampling mode must be one of {self.MODES}, got {mode!r}")
         self.channels = int(channels)
         self.factor = int(factor)
+        self.mode = mode
         self.gate_conv = CausalConv1D(2 * self.channels, 1, name="gate_conv")
-        self.out_conv = StridedConv1DTranspose(self.channels, self.factor, name="out_conv")
+        if mode == "transposed":
+            self.out_conv = StridedConv1DTranspose(self.channels, self.factor, name="out_conv")
+        else:
+            self.out_conv = CausalConv1D(self.channels, 1, use_bias=False, name="out_conv")
         self.skip_proj = None
 
     def build(self, x_shape, cond_shape=None):
         if int(x_shape[-1]) != self.channels:
-            self.skip_proj = CausalConv1D(self.channels, 1, use_bias=False, name="skip_proj")
+            self.skip_proj = CausalConv1D(self.channels, 1, use_bias=self.mode == "repeat", name="skip_proj")
 
     def call(self, x, cond=None):
         a = self.gate_conv(x if cond is None else tf.concat([x, cond], axis=-1))
         identity = x if self.skip_proj is None else self.skip_proj(x)
-        return tf.repeat(identity, self.factor, axis=1) + self.out_conv(gate(a))
+        if self.mode == "transposed":
+            return tf.repeat(identity, self.factor, axis=1) + self.out_conv(gate(a))
+        return tf.repeat(identity + self.out_conv(gate(a)), self.factor, axis=1)
 
     def initial_state(self, batch):
         return ()
@@ -493,10 +512,12 @@ class UpsamplingWaveNetBlock(keras.layers.Layer):
         inp = x if cond is None else tf.concat([x, cond], axis=-1)
         a = gate(self.gate_conv.step1(inp))
         identity = x if self.skip_proj is None else self.skip_proj.step1(x)
+        if self.mode == "repeat":
+            return [identity + self.out_conv.step1(a)] * self.factor, state
         return tf.unstack(identity[:, None] + self.out_conv.step(a), num=self.factor, axis=1), state
 
     def get_config(self):
-        return {**super().get_config(), "channels": self.channels, "factor": self.factor}
+        return {**super().get_config(), "channels": self.channels, "factor": self.factor, "mode": self.mode}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -516,7 +537,8 @@ class WaveNet(keras.layers.Layer):
     """
 
     def __init__(self, channels, dilations=(1,), kernel_size=1, conditional=False, input_projection=False,
-                 downsample=1, downsample_mode="strided", upsample=1, out_channels=None, **kwargs):
+                 downsample=1, downsample_mode="strided", upsample=1, out_channels=None, upsample_mode="transposed",
+                 **kwargs):
         super().__init__(**kwargs)
         if downsample > 1 and upsample > 1:
             raise ValueError(f"{self.name}: a stack either downsamples or upsamples, not both")
@@ -528,6 +550,7 @@ class WaveNet(keras.layers.Layer):
         self.downsample = int(downsample)
         self.downsample_mode = downsample_mode
         self.upsample = int(upsample)
+        self.upsample_mode = upsample_mode
         self.out_channels = int(out_channels) if out_channels is not None else self.channels
 
         n = len(self.dilations)
@@ -539,7 +562,7 @@ class WaveNet(keras.layers.Layer):
                 block = DownsamplingWaveNetBlock(ch, self.downsample, downsample_mode, self.kernel_size, d,
                                                  name=f"block_{i}")
             elif i == n - 1 and self.upsample > 1:
-                block = UpsamplingWaveNetBlock(ch, self.upsample, name=f"block_{i}")
+                block = UpsamplingWaveNetBlock(ch, self.upsample, self.upsample_mode, name=f"block_{i}")
             else:
                 block = WaveNetBlock(ch, self.kernel_size, d, name=f"block_{i}")
             self.blocks.append(block)
@@ -594,4 +617,4 @@ class WaveNet(keras.layers.Layer):
                 "kernel_size": self.kernel_size, "conditional": self.conditional,
                 "input_projection": self.input_projection, "downsample": self.downsample,
                 "downsample_mode": self.downsample_mode, "upsample": self.upsample,
-                "out_channels": self.out_channels}
+                "out_channels": self.out_channels, "upsample_mode": self.upsample_mode}

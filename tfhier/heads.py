@@ -14,6 +14,17 @@ softplus, which eq. 11 uses).
 ``temperature`` scales the sampling distribution: Gaussian scales are
 multiplied by it and mixture/Bernoulli logits divided by it, so 1 is the model
 itself and smaller values give tidier, less varied samples.
+
+Gaussian mixtures (``gmm``, the offsets of ``handwriting``) are ``mixture='joint'``
+by default (A.2: one component for all dimensions of a step, in ``log_prob``
+and in ``sample``) or ``mixture='per_dim'``: a product of one-dimensional
+mixtures that share the weights, ``prod_d sum_k pi_k N(x_d; mu_kd, sigma_kd)``,
+sampled with an independent component per dimension, so ``log_prob`` and
+``sample`` are the same distribution.  That is the density the authors' code
+scores (``NormalMixture.py`` L89-92: a logsumexp over components per
+dimension); their sampler draws one component for all dimensions, i.e. from
+the joint mixture, a different distribution from the one scored, so the pair
+is not offered as it is: bounds would not describe the samples.
 """
 
 from __future__ import annotations
@@ -91,6 +102,22 @@ def _split_mixture(eta, n, per_component):
     return logits, params
 
 
+MIXTURES = ("joint", "per_dim")
+
+
+def _gaussian_mixture(logits, mu, s, temperature, mixture):
+    """Mixture of n diagonal Gaussians with ``logits`` [..., n], ``mu``/``s`` [..., n, D]: event shape [D]."""
+    scale = gaussian_scale(s) * temperature
+    if mixture == "joint":
+        return tfd.MixtureSameFamily(tfd.Categorical(logits=logits / temperature),
+                                     tfd.Independent(tfd.Normal(mu, scale), reinterpreted_batch_ndims=1))
+    # per_dim: batch [..., D], components last; the weights are shared by the dimensions.
+    mu_t, scale_t = tf.linalg.matrix_transpose(mu), tf.linalg.matrix_transpose(scale)
+    logits_t = tf.broadcast_to(logits[..., None, :] / temperature, tf.shape(mu_t))
+    return tfd.Independent(tfd.MixtureSameFamily(tfd.Categorical(logits=logits_t), tfd.Normal(mu_t, scale_t)),
+                           reinterpreted_batch_ndims=1)
+
+
 @keras.saving.register_keras_serializable(package="tfhier")
 class GaussianMixtureHead(Head):
     """Mixture of n diagonal Gaussians over the whole step (A.2): size 2Dn + n.
@@ -100,9 +127,10 @@ class GaussianMixtureHead(Head):
     ``eta = [logits(n), then per component k: mu_k(D), sigma_pre_k(D)]``.
     """
 
-    def __init__(self, dim, components=10, **kwargs):
+    def __init__(self, dim, components=10, mixture="joint", **kwargs):
         super().__init__(dim, **kwargs)
         self.components = int(components)
+        self.mixture = _check_mixture(mixture)
 
     @property
     def param_size(self):
@@ -111,12 +139,10 @@ class GaussianMixtureHead(Head):
     def distribution(self, eta, temperature=1.0):
         logits, params = _split_mixture(eta, self.components, 2 * self.dim)
         mu, s = tf.split(params, 2, axis=-1)
-        return tfd.MixtureSameFamily(
-            tfd.Categorical(logits=logits / temperature),
-            tfd.Independent(tfd.Normal(mu, gaussian_scale(s) * temperature), reinterpreted_batch_ndims=1))
+        return _gaussian_mixture(logits, mu, s, temperature, self.mixture)
 
     def get_config(self):
-        return {**super().get_config(), "components": self.components}
+        return {**super().get_config(), "components": self.components, "mixture": self.mixture}
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
@@ -152,11 +178,12 @@ class HandwritingHead(Head):
     With ``components=1`` this is the authors' public-code head (one Gaussian).
     """
 
-    def __init__(self, dim=3, components=10, **kwargs):
+    def __init__(self, dim=3, components=10, mixture="joint", **kwargs):
         if dim != 3:
             raise ValueError(f"HandwritingHead models [dx, dy, pen] steps (dim 3), got dim={dim}")
         super().__init__(dim, **kwargs)
         self.components = int(components)
+        self.mixture = _check_mixture(mixture)
 
     @property
     def param_size(self):
@@ -166,15 +193,13 @@ class HandwritingHead(Head):
         pen_logit = eta[..., :1]
         logits, params = _split_mixture(eta[..., 1:], self.components, 4)
         mu, s = tf.split(params, 2, axis=-1)
-        offsets = tfd.MixtureSameFamily(
-            tfd.Categorical(logits=logits / temperature),
-            tfd.Independent(tfd.Normal(mu, gaussian_scale(s) * temperature), reinterpreted_batch_ndims=1))
+        offsets = _gaussian_mixture(logits, mu, s, temperature, self.mixture)
         pen = tfd.Independent(tfd.Bernoulli(logits=pen_logit / temperature, dtype=tf.float32),
                               reinterpreted_batch_ndims=1)
         return tfd.Blockwise([offsets, pen])
 
     def get_config(self):
-        return {**super().get_config(), "components": self.components}
+        return {**super().get_config(), "components": self.components, "mixture": self.mixture}
 
 
 HEADS = {
@@ -186,11 +211,23 @@ HEADS = {
 }
 
 
-def make_head(kind, dim, components=10, **kwargs) -> Head:
-    """The head of type ``kind`` (one of :data:`HEADS`) for steps of size ``dim``."""
+def _check_mixture(mixture):
+    if mixture not in MIXTURES:
+        raise ValueError(f"--mixture must be one of {MIXTURES}, got {mixture!r}")
+    return mixture
+
+
+def make_head(kind, dim, components=10, mixture="joint", **kwargs) -> Head:
+    """The head of type ``kind`` (one of :data:`HEADS`) for steps of size ``dim``; ``mixture`` (see the module
+    docstring) applies to the Gaussian mixtures of ``gmm`` and ``handwriting``."""
     if kind not in HEADS:
         raise ValueError(f"unknown output head {kind!r}; expected one of {sorted(HEADS)}")
     cls = HEADS[kind]
+    _check_mixture(mixture)
+    if cls in (GaussianMixtureHead, HandwritingHead):
+        return cls(dim, components=components, mixture=mixture, **kwargs)
+    if mixture != "joint":
+        raise ValueError(f"--mixture={mixture} is for Gaussian-mixture heads (gmm, handwriting), not --head={kind}")
     if cls in (GaussianHead, BernoulliHead):
         return cls(dim, **kwargs)
     return cls(dim, components=components, **kwargs)

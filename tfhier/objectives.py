@@ -70,10 +70,13 @@ def masked_kl_elements(posteriors, priors, latent_masks):
 def sequence_nll(likelihood, x, mask):
     """``-sum_t log p(x_t)`` over the steps where ``mask > 0``, per sequence, [B].
 
+    Padded steps of ``x`` are zeroed first (a NaN there would make the
+    log-density's gradient NaN even behind a ``where``), and the sum uses
     ``where`` rather than a product, so a padded step whose log-density is not
-    finite cannot turn the sum into NaN (0 * inf)."""
-    log_prob = likelihood.log_prob(x)
-    return -tf.reduce_sum(tf.where(mask > 0, log_prob, 0.0), axis=-1)
+    finite cannot turn it into NaN (0 * inf)."""
+    valid = mask > 0
+    log_prob = likelihood.log_prob(tf.where(valid[..., None], x, tf.zeros_like(x)))
+    return -tf.reduce_sum(tf.where(valid, log_prob, 0.0), axis=-1)
 
 
 def elbo_terms(output, x, mask) -> ElboTerms:

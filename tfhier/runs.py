@@ -38,7 +38,8 @@ from tfhier.data.base import SequenceData
 
 #: ``train.py`` flags that decide the data, and the ``load_dataset`` argument each sets
 DATA_FLAGS = {"dataset": "name", "data_dir": "data_dir", "seed": "seed", "sample_rate": "sample_rate",
-              "frame_width": "frame_width", "num_lines": "num_lines", "synthetic_setting": "setting"}
+              "frame_width": "frame_width", "num_lines": "num_lines", "synthetic_setting": "setting",
+              "offset_scale": "offset_scale", "framing": "framing"}
 _INT_DATA_FLAGS = ("seed", "sample_rate", "frame_width", "num_lines")
 
 

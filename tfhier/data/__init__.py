@@ -31,7 +31,7 @@ DEFAULT_HEADS = {"handwriting": "handwriting", "binary": "bernoulli", "audio": "
 
 
 def load_dataset(name, data_dir=None, *, seed=0, sample_rate=16000, frame_width=200, num_lines=2000,
-                 setting="train") -> SequenceData:
+                 setting="train", offset_scale="std", framing="consecutive") -> SequenceData:
     """Loads ``--dataset=name`` from ``--data_dir``; raises DataError naming the flag or file on bad input."""
     if name not in DATASETS:
         raise DataError(f"--dataset must be one of {list(DATASETS)}, got {name!r}")
@@ -48,7 +48,7 @@ def load_dataset(name, data_dir=None, *, seed=0, sample_rate=16000, frame_width=
     elif name == "iam_ondb":
         from tfhier.data.iam_ondb import load_iam_ondb
 
-        data = load_iam_ondb(data_dir, seed=seed)
+        data = load_iam_ondb(data_dir, seed=seed, offset_scale_convention=offset_scale)
     elif name == "polyphonic":
         from tfhier.data.polyphonic import load_polyphonic
 
@@ -56,7 +56,7 @@ def load_dataset(name, data_dir=None, *, seed=0, sample_rate=16000, frame_width=
     elif name == "audio":
         from tfhier.data.audio import load_audio
 
-        data = load_audio(data_dir, sample_rate=sample_rate, frame_width=frame_width, seed=seed)
+        data = load_audio(data_dir, sample_rate=sample_rate, frame_width=frame_width, seed=seed, framing=framing)
     elif name == "mnist":
         from tfhier.data.mnist import load_binarized_mnist
 

@@ -44,7 +44,13 @@ Pipeline of :func:`load_audio`, for every audio file under ``data_dir``:
 7. Normalise every row by the mean and standard deviation of all training
    samples (scalars, SRNN A.1), stored in ``info``.
 8. Frame each row into ``[row_len / W, W]``: step ``t`` holds samples
-   ``t W .. t W + W - 1`` (non-overlapping, consecutive samples in a step).
+   ``t W .. t W + W - 1`` (non-overlapping, consecutive samples in a step;
+   ``framing='consecutive'``, the papers' frames).  ``framing='authors'`` is
+   the MS-STCN authors' Blizzard loader (``data/blizzard.py``:
+   ``reshape(frame_size, -1)`` of each row, channels first): with
+   ``T = row_len / W`` steps, feature c of step t is sample ``t + c T``, so a
+   channel holds a contiguous block of the row and a step holds samples T
+   apart.  That is what produced their Table 1.
 
 :func:`frames_to_waveform` inverts 8 and 7 (for writing WAVs of samples).
 """
@@ -71,6 +77,7 @@ AUDIO_EXTENSIONS = frozenset({
 })
 
 DEFAULT_SILENCE_THRESHOLD = 0.01
+FRAMINGS = ("consecutive", "authors")
 #: sampling rates accepted in a file (Hz): telephone speech is 8 kHz, studio audio at most 384 kHz
 MIN_FILE_RATE, MAX_FILE_RATE = 1_000, 768_000
 #: the longest file accepted, seconds (checked from the header, before anything is decoded or resampled)
@@ -220,9 +227,20 @@ def _check_flags(sample_rate, frame_width, row_seconds, silence_threshold) -> in
     return row_len
 
 
+def frame_rows(rows: np.ndarray, frame_width: int, framing: str = "consecutive") -> np.ndarray:
+    """Rows ``[n, L]`` -> frames ``[n, L / W, W]`` (see step 8 of the module docstring)."""
+    n, length = rows.shape
+    steps = length // frame_width
+    if framing == "consecutive":
+        return rows.reshape(n, steps, frame_width)
+    if framing == "authors":
+        return np.swapaxes(rows.reshape(n, frame_width, steps), 1, 2)
+    raise DataError(f"--framing must be one of {FRAMINGS}, got {framing!r}")
+
+
 def load_audio(data_dir: str | os.PathLike, *, sample_rate: int = 16000, frame_width: int = 200,
                row_seconds: float = 0.5, seed: int = 0,
-               silence_threshold: float = DEFAULT_SILENCE_THRESHOLD) -> SequenceData:
+               silence_threshold: float = DEFAULT_SILENCE_THRESHOLD, framing: str = "consecutive") -> SequenceData:
     """Loads every audio file under ``data_dir`` as normalised, framed 0.5 s rows.
 
     Args:
@@ -233,6 +251,7 @@ def load_audio(data_dir: str | os.PathLike, *, sample_rate: int = 16000, frame_w
       seed: seed of the by-file train/valid/test shuffle.
       silence_threshold: leading/trailing samples below this fraction of the
         file's peak are trimmed.
+      framing: ``'consecutive'`` (the papers) or ``'authors'`` (step 8 above).
 
     Returns:
       ``SequenceData(name='audio', kind='audio', feature_dim=frame_width)``
@@ -250,6 +269,8 @@ def load_audio(data_dir: str | os.PathLike, *, sample_rate: int = 16000, frame_w
         do not fit (naming the flag).
     """
     row_len = _check_flags(sample_rate, frame_width, row_seconds, silence_threshold)
+    if framing not in FRAMINGS:
+        raise DataError(f"--framing must be one of {FRAMINGS}, got {framing!r}")
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"{root}: audio data_dir does not exist or is not a folder")
@@ -298,12 +319,12 @@ def load_audio(data_dir: str | os.PathLike, *, sample_rate: int = 16000, frame_w
         seqs = []
         for i in idx:
             normed = ((rows[i] - mean) / std).astype(np.float32)
-            seqs.extend(normed.reshape(-1, steps, frame_width))
+            seqs.extend(frame_rows(normed, frame_width, framing))
         splits[split] = seqs
     info = {
         "sample_rate": int(sample_rate), "frame_width": int(frame_width), "mean": mean, "std": std,
         "row_length": row_len, "row_seconds": float(row_seconds),
-        "silence_threshold": float(silence_threshold), "seed": seed,
+        "silence_threshold": float(silence_threshold), "seed": seed, "framing": framing,
         "files": {s: [names[i] for i in idx] for s, idx in split_idx.items()},
         "rows_per_file": {s: [int(rows[i].shape[0]) for i in idx] for s, idx in split_idx.items()},
         "skipped": skipped, "data_dir": str(root),
@@ -325,5 +346,7 @@ def frames_to_waveform(frames: Any, info: dict) -> np.ndarray:
         raise DataError(
             f"frames_to_waveform: frames have shape {f.shape}, expected [..., T, {width}] "
             f"(frame_width={width})")
-    wave = f.reshape(*f.shape[:-2], f.shape[-2] * width)
+    if info.get("framing", "consecutive") == "authors":
+        f = np.swapaxes(f, -1, -2)  # [..., W, T]: the row's blocks in order
+    wave = f.reshape(*f.shape[:-2], f.shape[-2] * f.shape[-1])
     return (wave * float(info["std"]) + float(info["mean"])).astype(np.float32)

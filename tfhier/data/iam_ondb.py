@@ -27,8 +27,10 @@ Splits:
   changes nothing; adding forms moves at most the forms next to the two cut
   points, because every other form keeps its place in the hash order.
 
-Scaling: dx and dy of every split are divided by one scalar ``offset_scale``,
-the std of all training dx and dy values pooled (``info['offset_scale']``).
+Scaling: dx and dy of every split are divided by one scalar ``offset_scale``
+(``info['offset_scale']``): by default the std of all training dx and dy values
+pooled; ``offset_scale='chung2015'`` uses the MS-STCN authors' ``X_std``
+(:func:`tfhier.data.strokes.offset_scale` says how the bounds then differ).
 
 Augmentation (``train_augment``): the MS-STCN paper (§4) describes adding
 measurement noise to the pen position; the authors' code adds it to the
@@ -49,7 +51,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfhier.data.base import DataError, SequenceData
-from tfhier.data.strokes import apply_offset_scale, offset_scale, points_to_steps
+from tfhier.data.strokes import OFFSET_SCALES, apply_offset_scale, offset_scale, points_to_steps
 
 SPLITS = ("train", "valid", "test")
 TASK_FILES = {
@@ -62,13 +64,16 @@ HASH_SPLIT_FRACTION = 0.05
 MAX_COORDINATE = 10 ** 9
 
 
-def load_iam_ondb(data_dir, *, seed: int = 0) -> SequenceData:
+def load_iam_ondb(data_dir, *, seed: int = 0, offset_scale_convention: str = "std") -> SequenceData:
     """Loads IAM-OnDB line strokes from ``data_dir`` (see the module docstring).
 
     Args:
       data_dir: folder holding ``lineStrokes/`` and, optionally, the task files.
       seed: salts the form hash of the fallback split (ignored with task files).
+      offset_scale_convention: ``'std'`` or ``'chung2015'`` (:func:`tfhier.data.strokes.offset_scale`).
     """
+    if offset_scale_convention not in OFFSET_SCALES:
+        raise DataError(f"--offset_scale must be one of {OFFSET_SCALES}, got {offset_scale_convention!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"IAM-OnDB data_dir {data_dir} does not exist or is not a folder; "
@@ -115,7 +120,7 @@ def load_iam_ondb(data_dir, *, seed: int = 0) -> SequenceData:
                             f"(split by {split_method}, {len(form_ids)} forms with usable lines); "
                             "expected at least one line in each of train/valid/test")
 
-    scale = offset_scale([raw_steps[i] for i in members["train"]])
+    scale = offset_scale([raw_steps[i] for i in members["train"]], offset_scale_convention)
     data = SequenceData(
         name="iam_ondb",
         train=apply_offset_scale([raw_steps[i] for i in members["train"]], scale),
@@ -125,6 +130,7 @@ def load_iam_ondb(data_dir, *, seed: int = 0) -> SequenceData:
         kind="handwriting",
         info={
             "offset_scale": scale,
+            "offset_scale_convention": offset_scale_convention,
             "line_ids": {s: [line_ids[i] for i in members[s]] for s in SPLITS},
             "start_points": {s: np.array([starts[i] for i in members[s]], dtype=np.float64).reshape(-1, 2)
                              for s in SPLITS},

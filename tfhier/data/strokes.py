@@ -31,12 +31,34 @@ def points_to_steps(points: np.ndarray, stroke_end: np.ndarray) -> np.ndarray:
     return steps
 
 
-def offset_scale(train_steps: list) -> float:
-    """Std of all training dx and dy values pooled together, in raw units.
+OFFSET_SCALES = ("std", "chung2015")
+
+
+def offset_scale(train_steps: list, convention: str = "std") -> float:
+    """The scalar that divides dx and dy, from the training steps, in raw units.
 
     One scalar for both axes keeps the pen's geometry (angles, aspect) intact
     when offsets are scaled.
+
+    * ``'std'``: the standard deviation of all training dx and dy values
+      pooled together (one value per coordinate).
+    * ``'chung2015'``: the MS-STCN authors' ``X_std`` ("for comparable ll
+      calculations" with Chung et al. 2015, ``data/iamondb.py``): sums over
+      both coordinates divided by the number of *steps*,
+      ``sqrt(E_t[dx^2 + dy^2] - E_t[dx + dy]^2)``, about sqrt(2) times ``'std'``
+      for offsets of mean ~0.  Densities of scaled offsets then differ by
+      ``2 * ln(chung2015 / std)`` nats per step (one ``ln`` of the ratio per
+      offset dimension; ~ln 2 = 0.69 nats).
     """
+    if convention not in OFFSET_SCALES:
+        raise DataError(f"--offset_scale must be one of {OFFSET_SCALES}, got {convention!r}")
+    if convention == "chung2015":
+        rows = np.concatenate([np.asarray(s, dtype=np.float64)[:, :2] for s in train_steps])
+        mean = rows.sum() / len(rows)
+        scale = float(np.sqrt(max((rows ** 2).sum() / len(rows) - mean * mean, 0.0)))
+        if not scale > 0.0:
+            raise DataError(f"the training offsets have zero spread (X_std {scale}); cannot scale them")
+        return scale
     offsets = np.concatenate([np.asarray(s, dtype=np.float64)[:, :2].ravel() for s in train_steps])
     mean = offsets.mean()
     scale = float(np.sqrt(max(np.mean(offsets * offsets) - mean * mean, 0.0)))

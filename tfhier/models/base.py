@@ -82,7 +82,25 @@ def head_hparams(default_head="gaussian", default_components=10):
         hp.HParam("head", "str", default_head, "Output distribution of one step ('auto' in train.py: by data kind).",
                   choices=("auto",) + tuple(sorted(HEADS))),
         hp.HParam("head_components", "int", default_components, "Mixture components of the output head."),
+        hp.HParam("mixture", "str", "joint", "Gaussian-mixture heads (gmm, handwriting): one component for the whole "
+                  "step (joint, A.2) or a product of 1-D mixtures with per-dimension component draws (per_dim).",
+                  choices=("joint", "per_dim")),
     )
+
+
+def make_model_head(model, name="head"):
+    """The output head a model's ``head*`` and ``mixture`` hyperparameters describe."""
+    from tfhier.heads import make_head
+
+    h = model.hparams
+    return make_head(h["head"], model.input_dim, h["head_components"], mixture=h["mixture"], name=name)
+
+
+def masked_inputs(x, mask):
+    """``x`` [B, T, D] with every padded step (``mask`` 0) set to 0, NaN and Inf included (``x * mask`` would keep
+    them), so padding can reach no real step and no gradient."""
+    x = tf.convert_to_tensor(x, tf.float32)
+    return tf.where(tf.cast(mask, tf.float32)[..., None] > 0, x, tf.zeros_like(x))
 
 
 @dataclasses.dataclass
@@ -373,7 +391,7 @@ class SequenceModel(keras.Model):
             prefix = tf.cast(prefix, tf.float32)
             lengths = tf.cast(prefix_lengths, tf.int32)
             b, t0 = tf.shape(prefix)[0], tf.shape(prefix)[1]
-            prefix = prefix * tf.sequence_mask(lengths, t0, dtype=tf.float32)[..., None]
+            prefix = masked_inputs(prefix, tf.sequence_mask(lengths, t0))
             stop = tf.reduce_max(lengths) + num_steps
             total = t0 + num_steps
         else:
@@ -429,7 +447,7 @@ class SequenceModel(keras.Model):
             prefix = tf.cast(prefix, tf.float32)
             lengths = tf.cast(prefix_lengths, tf.int32)
             b, t0 = tf.shape(prefix)[0], tf.shape(prefix)[1]
-            prefix = prefix * tf.sequence_mask(lengths, t0, dtype=tf.float32)[..., None]
+            prefix = masked_inputs(prefix, tf.sequence_mask(lengths, t0))
         else:
             b, t0 = tf.cast(num_samples, tf.int32), 0
             lengths = tf.zeros([b], tf.int32)

@@ -26,8 +26,20 @@ Choices where the paper is silent or differs from the authors' public code
 (``github.com/carl-andersson/MS-STCN``), each an option:
 
 * ``downsampling='strided'`` (paper §3: strided conv on the residual path,
-  average on the identity path) or ``'sum_pool'`` (authors' code: unstrided
-  k=2 conv, then sum-pooling / sqrt(S) on both paths).
+  average on the identity path) or ``'sum_pool'`` (authors' code,
+  ``torch_ext_causal_conv.py`` ``WavenetBlock``/``DownscaleConv1D``: an
+  unstrided k=2 conv on the fine grid, a fixed sum-pool / sqrt(S), the gate,
+  a bias-free 1x1; identity: 1x1 on a channel change, then the pooling).
+* ``upsampling='transposed'`` (eq. 12b: a strided transposed convolution, so
+  the fine steps of a coarse step differ) or ``'repeat'`` (the authors'
+  ``UpscaleConv1D`` on both paths: every fine step of a coarse step gets the
+  same g).
+* ``mixture='joint'`` (A.2: one component for the whole step) or
+  ``'per_dim'`` (the density the authors' ``NormalMixture.py`` scores, with a
+  sampler that draws from that same distribution; see :mod:`tfhier.heads`).
+* ``latents='none'``: the deterministic control of Table 1 (the same
+  network, the latent path removed: ``g^(l-1) = Wavenet^U(h^(l))``; exact
+  likelihood, no KL).
 * ``channels``: the paper's IAM-OnDB setting is 64 filters in every layer;
   the authors' code uses 8 x latent size, i.e. [64, 64, 64, 32, 16].
 * IAM-OnDB head: the paper's mixture of 10 Gaussians + a pen Bernoulli
@@ -52,10 +64,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
-from tfhier.heads import make_head
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed,
-                                graph_call, head_hparams, latent_noise, latent_normal, output_step_seed,
-                                primed_latent_mask)
+                                graph_call, head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs,
+                                output_step_seed, primed_latent_mask)
 from tfhier.models.hparams import HParam
 
 
@@ -79,7 +90,13 @@ class MSSTCN(SequenceModel):
         HParam("gen_post", "str", "conditional", "how z enters the top-down output stack: eq. 12 "
                "conditioning (conditional) or concatenation (plain).", choices=("conditional", "plain")),
         HParam("downsampling", "str", "strided", "strided (the paper: strided conv + average) or "
-               "sum_pool (the authors' code).", choices=("strided", "sum_pool")),
+               "sum_pool (the authors' code: unstrided k=2 conv, sum-pool / sqrt(S), gate, bias-free 1x1).",
+               choices=("strided", "sum_pool")),
+        HParam("upsampling", "str", "transposed", "transposed (the paper, eq. 12b: a strided transposed conv) or "
+               "repeat (the authors' UpscaleConv1D: every fine step of a coarse step gets the same g).",
+               choices=("transposed", "repeat")),
+        HParam("latents", "str", "normal", "normal (the model) or none: the deterministic control of Table 1, the "
+               "same network with the latent path removed (exact likelihood, no KL).", choices=("normal", "none")),
     )
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
@@ -95,6 +112,8 @@ class MSSTCN(SequenceModel):
         self.kernel_size = hp["kernel_size"]
         self.gen_post = hp["gen_post"]
         self.downsampling = hp["downsampling"]
+        self.upsampling = hp["upsampling"]
+        self.use_latents = hp["latents"] == "normal"
         self._validate()
 
         n = len(self.channels)
@@ -114,18 +133,21 @@ class MSSTCN(SequenceModel):
             for l in range(n)]
         # Zero-initialised: every q and p starts as N(0, softplus(0)^2), so the KL starts at 0 instead of
         # the thousands of nats per step that random scale projections give (the paper is silent).
+        # Without latents (the deterministic control) there are no projections and g^(l-1) = Wavenet^U(h^(l)).
+        k = n if self.use_latents else 0
         self.prior_proj = [CausalConv1D(2 * self.latent_dims_[l], 1, kernel_initializer="zeros", name=f"prior_{l + 1}")
-                           for l in range(n)]
+                           for l in range(k)]
         self.posterior_proj = [CausalConv1D(2 * self.latent_dims_[l], 1, kernel_initializer="zeros",
                                             name=f"posterior_{l + 1}")
-                               for l in range(n)]
+                               for l in range(k)]
         self.top_down_g = [
             WaveNet(self.channels[l], dilations=[1] * self.td_blocks, kernel_size=1,
-                    conditional=self.gen_post == "conditional", input_projection=self.gen_post == "plain",
-                    upsample=self.strides[l], out_channels=self.channels[max(l - 1, 0)],
+                    conditional=self.use_latents and self.gen_post == "conditional",
+                    input_projection=self.use_latents and self.gen_post == "plain",
+                    upsample=self.strides[l], upsample_mode=self.upsampling, out_channels=self.channels[max(l - 1, 0)],
                     name=f"top_down_g_{l + 1}")
             for l in range(n)]
-        self.head = make_head(self.head_name, self.input_dim, self.head_components, name="head")
+        self.head = make_model_head(self)
 
     def _validate(self):
         n = len(self.channels)
@@ -149,15 +171,15 @@ class MSSTCN(SequenceModel):
 
     @property
     def latent_layer_names(self):
-        return [f"layer_{l + 1}" for l in range(len(self.channels))]
+        return [f"layer_{l + 1}" for l in range(len(self.channels))] if self.use_latents else []
 
     @property
     def latent_dims(self):
-        return list(self.latent_dims_)
+        return list(self.latent_dims_) if self.use_latents else []
 
     @property
     def latent_factors(self):
-        return list(self.factors)
+        return list(self.factors) if self.use_latents else []
 
     def bottom_up_features(self, y):
         """Eq. (8) on ``y`` [B, T, D] (T a multiple of ``time_multiple``, padding zeroed): ``[d^(1), ..., d^(L)]``,
@@ -189,8 +211,8 @@ class MSSTCN(SequenceModel):
         mask = tf.cast(mask, tf.float32)
         b, t = tf.shape(x)[0], tf.shape(x)[1]
         t_pad = (t + self.time_multiple - 1) // self.time_multiple * self.time_multiple
-        # Zero padded steps so garbage in padding cannot reach any real step.
-        y = tf.pad(x * mask[..., None], [[0, 0], [0, t_pad - t], [0, 0]])
+        # Zero padded steps (NaN included) so garbage in padding cannot reach any real step.
+        y = tf.pad(masked_inputs(x, mask), [[0, 0], [0, t_pad - t], [0, 0]])
         lengths = tf.reduce_sum(mask, axis=-1)
 
         # Bottom-up, eq. (8).
@@ -203,6 +225,9 @@ class MSSTCN(SequenceModel):
         for l in reversed(range(n)):
             delayed = self.delay(d[l])
             h = self.top_down_h[l](delayed if g is None else tf.concat([g, delayed], axis=-1))
+            if not self.use_latents:
+                g = self.top_down_g[l](h)
+                continue
             prior = latent_normal(self.prior_proj[l](h))
             posterior = latent_normal(self.posterior_proj[l](tf.concat([h, d[l]], axis=-1)))
             steps_l = t_pad // self.factors[l]
@@ -223,6 +248,8 @@ class MSSTCN(SequenceModel):
             posteriors[l], priors[l], zs[l] = posterior, prior, z
 
         eta = time_slice(self.head(g), 0, t)  # drop the padding to a multiple of S^(L)
+        if not self.use_latents:
+            posteriors = priors = zs = latent_masks = []
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta,
                            posteriors=posteriors, priors=priors, latents=zs, latent_masks=latent_masks)
 
@@ -339,7 +366,7 @@ class MSSTCNGenerator:
         if ctx.primed:
             batch = tf.shape(prefix)[0] if prefix.shape[0] is None else int(prefix.shape[0])
             t0 = tf.shape(prefix)[1] if prefix.shape[1] is None else int(prefix.shape[1])
-            prefix = prefix * tf.sequence_mask(lengths, t0, dtype=tf.float32)[..., None]
+            prefix = masked_inputs(prefix, tf.sequence_mask(lengths, t0))
             n_alloc = _ceil_div(t0 + num_steps, m)
             n_run = _ceil_div(tf.reduce_max(lengths) + num_steps, m)
             # d^(l) of every latent step inside the prefix, for the posteriors of the primed steps.
@@ -352,7 +379,7 @@ class MSSTCNGenerator:
             n_alloc = n_run = _ceil_div(num_steps, m)
         latent_seed = generation_latent_seed(seed)
         ctx.eps = [latent_noise(latent_seed, l, n_alloc * (m // self.factors[l]), batch, model.latent_dims_[l])
-                   for l in range(self.n)]
+                   for l in range(self.n)] if model.use_latents else []
 
         state = {
             "bottom_up": tuple(net.initial_state(batch) for net in model.bottom_up),
@@ -379,6 +406,17 @@ class MSSTCNGenerator:
         with tf.name_scope(f"top_down_{l + 1}"):
             delayed = state["d_prev"][l]  # Delay(d^(l)) at tau: d^(l)[tau - 1]
             h, _ = model.top_down_h[l].step(None, [delayed if g is None else tf.concat([g, delayed], axis=-1)])
+        if model.use_latents:
+            g_below = self._latent_step(l, tau, h, ctx)
+        else:
+            with tf.name_scope(f"top_down_{l + 1}"):
+                g_below, _ = model.top_down_g[l].step(None, [h])
+        return self._children_and_bottom_up(l, tau, g_below, state, ctx)
+
+    def _latent_step(self, l, tau, h, ctx):
+        """z^(l) of coarse step tau from its prior (or posterior, priming) and the top-down stack's outputs."""
+        model = self.model
+        with tf.name_scope(f"top_down_{l + 1}"):
             prior = latent_normal(model.prior_proj[l].step1(h))
             eps = tf.gather(ctx.eps[l], tau)
             z = prior.loc + prior.scale * (ctx.temperature * eps)
@@ -393,6 +431,10 @@ class MSSTCNGenerator:
                 g_below, _ = model.top_down_g[l].step(None, [h], cond=z)
             else:
                 g_below, _ = model.top_down_g[l].step(None, [tf.concat([h, z], axis=-1)])
+        return g_below
+
+    def _children_and_bottom_up(self, l, tau, g_below, state, ctx):
+        model = self.model
         # The inputs g of the S_l steps of the layer below (or of the fine steps), each [B, C].
         g_below = g_below if isinstance(g_below, list) else [g_below]
         s = self.strides[l]

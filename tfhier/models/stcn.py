@@ -54,8 +54,8 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfhier.blocks import Delay, PointwiseMLP, WaveNet
-from tfhier.heads import make_head
-from tfhier.models.base import ModelOutput, SequenceModel, head_hparams, latent_noise, latent_normal, primed_latent_mask
+from tfhier.models.base import (ModelOutput, SequenceModel, head_hparams, latent_noise, latent_normal, make_model_head,
+                                masked_inputs, primed_latent_mask)
 from tfhier.models.hparams import HParam, HParamError
 from tfhier.models.wavenet import CONV_HPARAMS
 
@@ -124,7 +124,7 @@ class STCN(SequenceModel):
         self.likelihood_nets = (None if hp["shared_latent_nets"] else
                                 [latent_net(l, "approx_likelihood") for l in range(n)])
         self.output_net = PointwiseMLP(hp["output_hidden"], name="output_net")
-        self.head = make_head(self.head_name, self.input_dim, hp["head_components"], name="head")
+        self.head = make_model_head(self)
 
     def _validate(self, hp):
         n = len(self.channels)
@@ -170,7 +170,7 @@ class STCN(SequenceModel):
         x = tf.convert_to_tensor(x, tf.float32)
         mask = tf.cast(mask, tf.float32)
         b, t = tf.shape(x)[0], tf.shape(x)[1]
-        d = self.tcn_features(x * mask[..., None])
+        d = self.tcn_features(masked_inputs(x, mask))
         n = len(d)
         posteriors, priors, zs = [None] * n, [None] * n, [None] * n
         z_above = None

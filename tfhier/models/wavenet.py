@@ -42,8 +42,7 @@ import keras
 import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, PointwiseMLP, WaveNetBlock
-from tfhier.heads import make_head
-from tfhier.models.base import ModelOutput, SequenceModel, head_hparams
+from tfhier.models.base import ModelOutput, SequenceModel, head_hparams, make_model_head, masked_inputs
 from tfhier.models.hparams import HParam, HParamError
 
 CONV_HPARAMS = (
@@ -79,7 +78,7 @@ class WaveNetModel(SequenceModel):
                                      name=f"block_{i}") for i, c in enumerate(self.block_channels)]
         self.dense_blocks = self._dense_blocks(hp)
         self.output_net = PointwiseMLP(hp["output_hidden"], name="output_net")
-        self.head = make_head(self.head_name, self.input_dim, hp["head_components"], name="head")
+        self.head = make_model_head(self)
 
     def _validate(self, hp):
         if not self.channels or min(self.channels) < 1:
@@ -110,8 +109,7 @@ class WaveNetModel(SequenceModel):
         nothing); see :class:`tfhier.models.base.SequenceModel`."""
         if latents not in ("posterior", "prior"):
             raise ValueError(f"latents must be 'posterior' or 'prior', got {latents!r}")
-        x = tf.convert_to_tensor(x, tf.float32)
-        y = x * tf.cast(mask, tf.float32)[..., None]  # padding cannot reach any real step
+        y = masked_inputs(x, mask)  # padding (NaN included) cannot reach any real step
         a = self.input_conv(self.delay(y))
         outputs, skips = [], []
         for block in self.blocks_:
