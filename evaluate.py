@@ -6,7 +6,9 @@ Reloads the model (latest checkpoint) from ``--run_dir`` and the run's data
 with the flags it was trained with (``R/flags.cfg``), then computes on
 full-length sequences: the ELBO, the importance-weighted bound with
 ``--iw_samples`` samples (Burda et al. 2015), the KL of each latent layer and
-the active units of each layer, per sequence and per time step, in nats.
+the active units of each layer, per sequence and per time step, in nats;
+for models with the recurrent step interface also the FIVO bound with
+``--fivo_particles`` particles (Maddison et al. 2017).
 Writes ``R/eval_<split>.json`` and ``R/eval_<split>.md`` and prints the table.
 See tfhier/evaluation.py for the definitions.
 """
@@ -30,6 +32,8 @@ flags.DEFINE_string("run_dir", None, "Training run directory to evaluate (holds 
                     "checkpoints/).")
 flags.DEFINE_string("split", "test", "Data split: train, valid or test.")
 flags.DEFINE_integer("iw_samples", 16, "K: importance samples per sequence for the importance-weighted bound.")
+flags.DEFINE_integer("fivo_particles", None, "Particles of the FIVO bound (models with the recurrent step "
+                     "interface: VRNN, SRNN, ...; default: --iw_samples for those, none for the others; 0: none).")
 flags.DEFINE_integer("iw_chunk", 1, "Importance samples per forward pass (memory grows with this, not with K).")
 flags.DEFINE_integer("batch_size", 16, "Sequences per forward pass (full-length sequences).")
 flags.DEFINE_integer("max_sequences", 0, "Evaluate only the first this many sequences of the split (0: all).")
@@ -54,6 +58,8 @@ def check_flags():
     for name in ("iw_samples", "iw_chunk", "batch_size"):
         if FLAGS[name].value < 1:
             return f"--{name} must be an integer >= 1, got {FLAGS[name].value}"
+    if FLAGS.fivo_particles is not None and FLAGS.fivo_particles < 0:
+        return f"--fivo_particles must be >= 0 (0: no FIVO bound), got {FLAGS.fivo_particles}"
     if FLAGS.max_sequences < 0:
         return f"--max_sequences must be >= 0 (0: all), got {FLAGS.max_sequences}"
     if not 0 <= FLAGS.seed < 2 ** 31:
@@ -84,6 +90,7 @@ def main(argv):
         report = evaluation.evaluate_run(
             FLAGS.run_dir, FLAGS.split, iw_samples=FLAGS.iw_samples, batch_size=FLAGS.batch_size,
             max_sequences=FLAGS.max_sequences, seed=FLAGS.seed, iw_chunk=FLAGS.iw_chunk,
+            fivo_particles=FLAGS.fivo_particles,
             checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, progress=progress)
     except (RunError, DataError, ValueError) as e:
         logging.flush()

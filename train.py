@@ -23,7 +23,7 @@ from absl import app, flags, logging  # noqa: E402
 from tfhier.data import DATASETS  # noqa: E402
 from tfhier.models import MODELS  # noqa: E402
 from tfhier.models import define_flags as define_model_flags  # noqa: E402
-from tfhier.objectives import KL_REGULARIZERS  # noqa: E402
+from tfhier.objectives import KL_REGULARIZERS, OBJECTIVES  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -49,8 +49,14 @@ flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation 
                      "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
 
 # Objective.
+flags.DEFINE_enum("objective", "elbo", list(OBJECTIVES), "Training objective: elbo (with --kl_regularizer), iwae "
+                  "(Burda et al. 2015, --num_particles samples) or fivo (Maddison et al. 2017, --num_particles "
+                  "particles; models with the recurrent step interface).")
+flags.DEFINE_integer("num_particles", 4, "iwae: importance samples K; fivo: particles K per sequence.")
+flags.DEFINE_float("resampling_threshold", 0.5, "fivo: resample when the effective sample size falls below this "
+                   "fraction of --num_particles.")
 flags.DEFINE_enum("kl_regularizer", "linear_free_bits", list(KL_REGULARIZERS),
-                  "KL term: linear free bits (MS-STCN eq. 16), free bits (eq. 15), beta annealing, or none.")
+                  "elbo: KL term: linear free bits (MS-STCN eq. 16), free bits (eq. 15), beta annealing, or none.")
 flags.DEFINE_float("free_bits", 0.5, "Initial free-bits threshold lambda, nats per latent unit and step.")
 flags.DEFINE_integer("free_bits_halving_steps", 300_000, "lambda halves every this many steps (smoothly).")
 flags.DEFINE_float("beta_start", 0.0, "KL annealing: initial KL weight.")
@@ -127,8 +133,17 @@ def main(argv):
     try:
         # Every flag is checked before any data is read.
         settings.validate()
+        if settings.objective != "elbo":
+            given = [n for n in ("kl_regularizer", "free_bits", "free_bits_halving_steps", "beta_start", "anneal_steps")
+                     if FLAGS[n].present]
+            if given:
+                raise ValueError(f"--{given[0]} is a setting of --objective=elbo; --objective={settings.objective} "
+                                 f"does not use it")
         kind, feature_dim = dataset_shape(FLAGS.dataset, FLAGS.frame_width)
         model_config = model_config_from_flags(feature_dim, kind)
+        from tfhier.models import build_model
+
+        training.make_objective(settings).check(build_model(FLAGS.model, feature_dim, model_config))
         data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
                             frame_width=FLAGS.frame_width, num_lines=FLAGS.num_lines,
                             setting=FLAGS.synthetic_setting, offset_scale=FLAGS.offset_scale, framing=FLAGS.framing)

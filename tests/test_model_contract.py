@@ -41,6 +41,8 @@ TINY = {
     "stcn": dict(channels=[8, 6], dilations=[1, 2], latent_dims=[2, 3], latent_hidden=[8], output_hidden=[8]),
     "stcn_dense": dict(channels=[8, 6], dilations=[1, 2, 4], latent_dims=[3, 2], latent_hidden=[8],
                        output_hidden=[8], shared_latent_nets=False),
+    "vrnn": dict(latent_dims=[3], rnn_units=5, mlp_hidden=[6], feature_units=4),
+    "srnn": dict(latent_dims=[3], rnn_units=5, mlp_hidden=[6], feature_units=4),
 }
 #: further configurations of a model that change its structure, checked the same way (case name -> model, overrides)
 VARIANTS = {
@@ -48,6 +50,8 @@ VARIANTS = {
                                       gen_post="plain")),
     "msstcn_nolatents": ("msstcn", dict(latents="none")),
     "stcn_per_dim": ("stcn", dict(mixture="per_dim", precision_weighting="authors")),
+    "vrnn_smoothing_gru": ("vrnn", dict(posterior="smoothing", res_q=True, cell="gru")),
+    "srnn_filtering": ("srnn", dict(posterior="filtering", res_q=False, activation="relu")),
 }
 CASES = {**{name: (name, {}) for name in MODELS}, **VARIANTS}
 NAMES = sorted(CASES)
@@ -229,7 +233,7 @@ def test_kl_names_match_the_latent_layers(name):
     assert len(out.posteriors) == len(out.priors) == len(out.latents) == len(out.latent_masks) == len(names)
     for z, dim in zip(out.latents, model.latent_dims):
         assert z.shape[-1] == dim
-    model.compile(optimizer=tf.keras.optimizers.Adam(), objective=objectives.Objective())
+    model.compile(optimizer=tf.keras.optimizers.Adam(), objective=objectives.ELBO())
     metric_names = {m.name for m in model.metrics}
     assert {f"kl_{n}" for n in names} <= metric_names
     assert not {m for m in metric_names if m.startswith("kl_")} - {f"kl_{n}" for n in names}

@@ -9,7 +9,7 @@ from scipy.stats import norm
 
 from tfhier import objectives
 from tfhier.models.base import ModelOutput
-from tfhier.objectives import Objective
+from tfhier.objectives import ELBO as Objective
 
 tfd = tfp.distributions
 

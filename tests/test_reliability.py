@@ -467,9 +467,11 @@ def cli(*args):
     ("--head=bernoulli", "--head=bernoulli does not fit handwriting data"),
     ("--seed=-5", "--seed must be an integer in [0, 2^31 - 1]"),
     ("--batch_size=100000", "--batch_size=100000 is larger than the 8 training sequences"),
+    ("--objective=fivo", "--objective=fivo needs a model with the recurrent step interface"),
+    ("--objective=iwae --kl_regularizer=anneal", "--kl_regularizer is a setting of --objective=elbo"),
 ])
 def test_silently_accepted_flags_are_one_clear_error(tmp_path, arg, message):
-    res = cli(arg, f"--run_dir={tmp_path / 'r'}")
+    res = cli(*arg.split(), f"--run_dir={tmp_path / 'r'}")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert message in res.stderr.strip().splitlines()[-1], res.stderr
     assert not (tmp_path / "r").exists()

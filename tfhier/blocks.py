@@ -287,6 +287,14 @@ class Delay(keras.layers.Layer):
         return time_slice(tf.pad(x, [[0, 0], [1, 0], [0, 0]]), 0, tf.shape(x)[1])
 
 
+def clipped_leaky_relu(x):
+    """SRNN appendix A's nonlinearity: a leaky rectifier with leakiness 1/3, clipped at +-3."""
+    return tf.clip_by_value(tf.nn.leaky_relu(x, alpha=1.0 / 3.0), -3.0, 3.0)
+
+
+_ACTIVATIONS = {"clipped_leaky_relu": clipped_leaky_relu}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class PointwiseMLP(keras.layers.Layer):
     """A stack of 1x1 convolutions: ``hidden`` layers with ``activation``, then an optional linear output layer.
@@ -302,7 +310,7 @@ class PointwiseMLP(keras.layers.Layer):
         self.out_units = None if out_units is None else int(out_units)
         self.activation = activation
         self.out_initializer = out_initializer
-        self._act = keras.activations.get(activation)
+        self._act = _ACTIVATIONS.get(activation) or keras.activations.get(activation)
         self.layers_ = [CausalConv1D(u, 1, name=f"hidden_{i}") for i, u in enumerate(self.hidden)]
         self.out = (None if self.out_units is None else
                     CausalConv1D(self.out_units, 1, kernel_initializer=out_initializer, name="out"))

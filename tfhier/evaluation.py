@@ -97,6 +97,8 @@ class Evaluation:
     seed: int
     batch_size: int
     iw_chunk: int
+    fivo: Optional[np.ndarray] = None  # [N]: the FIVO bound (models with the step interface), or None
+    fivo_particles: int = 0
 
     @property
     def num_sequences(self) -> int:
@@ -128,6 +130,7 @@ class Evaluation:
             "iw_samples": self.iw_samples,
             "elbo": stats(self.elbo),
             "iwae": stats(self.iwae),
+            **({"fivo": stats(self.fivo), "fivo_particles": self.fivo_particles} if self.fivo is not None else {}),
             "nll": stats(self.nll),
             "kl": stats(self.kl.sum(axis=1)),
             "kl_per_layer": {name: stats(self.kl[:, i]) for i, name in enumerate(self.layer_names)},
@@ -198,7 +201,26 @@ def _compiled_passes(model):
         out = model.forward(xt, mt, seed=seed)
         return tf.reshape(objectives.log_importance_weight(out, xt, mt), [copies, batch])
 
-    return elbo_pass, log_weight_pass
+    fivo_passes = {}
+
+    def fivo_pass(x, mask, seed, particles):
+        """FIVO bounds [B] with ``particles`` (a Python int: one trace per K)."""
+        if particles not in fivo_passes:
+            fivo_passes[particles] = tf.function(
+                lambda x, mask, seed: objectives.fivo_bound(model, x, mask, seed, particles,
+                                                            FIVO_RESAMPLING_THRESHOLD)[0], input_signature=spec)
+        return fivo_passes[particles](x, mask, seed)
+
+    return elbo_pass, log_weight_pass, fivo_pass if getattr(model, "supports_step_interface", False) else None
+
+
+#: the resampling threshold of the evaluation's FIVO bound (Maddison et al.'s 0.5)
+FIVO_RESAMPLING_THRESHOLD = 0.5
+
+
+def fivo_seed(seed, batch_index):
+    """Stateless seed (int32 [2]) of the FIVO particle filter of batch ``batch_index``."""
+    return stateless_seed(tf.constant([int(seed), int(batch_index)], tf.int32), 2)
 
 
 def logmeanexp(log_weights: np.ndarray, axis=0) -> np.ndarray:
@@ -216,7 +238,7 @@ class Evaluator:
     def __init__(self, model):
         self.model = model
         self.layer_names = list(model.latent_layer_names)
-        self._elbo_pass, self._log_weight_pass = _compiled_passes(model)
+        self._elbo_pass, self._log_weight_pass, self._fivo_pass = _compiled_passes(model)
 
     def log_weights(self, x, mask, *, iw_samples, seed, batch_index=0, iw_chunk=1) -> np.ndarray:
         """Log importance weights ``[K, B]`` of one padded batch, in chunks of ``iw_chunk`` samples."""
@@ -228,9 +250,16 @@ class Evaluator:
         return log_w
 
     def evaluate(self, sequences: list, *, iw_samples: int = 16, batch_size: int = 16, seed: int = 0,
-                 iw_chunk: int = 1, progress: Optional[Callable[[int, int], None]] = None) -> Evaluation:
+                 iw_chunk: int = 1, fivo_particles: Optional[int] = None,
+                 progress: Optional[Callable[[int, int], None]] = None) -> Evaluation:
         """See :func:`evaluate_sequences`."""
         iw_samples = _check_positive_int("iw_samples", iw_samples)
+        if fivo_particles is None:
+            fivo_particles = iw_samples if self._fivo_pass is not None else 0
+        fivo_particles = _check_positive_int("fivo_particles", fivo_particles, minimum=0)
+        if fivo_particles and self._fivo_pass is None:
+            raise ValueError(f"--fivo_particles: --model={self.model.NAME} has no recurrent step interface, so no FIVO "
+                             f"bound (give --fivo_particles=0)")
         batch_size = _check_positive_int("batch_size", batch_size)
         iw_chunk = _check_positive_int("iw_chunk", iw_chunk)
         seed = int(seed)
@@ -238,7 +267,7 @@ class Evaluator:
                                pad_to_multiple=self.model.time_multiple)
         num_batches = math.ceil(len(sequences) / batch_size)
 
-        nll, kl, steps, iwae = [], [], [], []
+        nll, kl, steps, iwae, fivo = [], [], [], [], []
         moments = None
         for i, (x, mask) in enumerate(dataset):
             b_nll, b_kl, b_steps, means, masks = self._elbo_pass(x, mask, elbo_seed(seed, i))
@@ -251,6 +280,8 @@ class Evaluator:
                 acc.add(mean.numpy()[m.numpy() > 0])
             log_w = self.log_weights(x, mask, iw_samples=iw_samples, seed=seed, batch_index=i, iw_chunk=iw_chunk)
             iwae.append(logmeanexp(log_w, axis=0))
+            if fivo_particles:
+                fivo.append(self._fivo_pass(x, mask, fivo_seed(seed, i), fivo_particles).numpy().astype(np.float64))
             if progress is not None:
                 progress(i + 1, num_batches)
 
@@ -260,11 +291,13 @@ class Evaluator:
                           iwae=np.concatenate(iwae), num_steps=np.concatenate(steps).astype(np.float64),
                           posterior_mean_variance=[acc.variance for acc in moments or []],
                           posterior_mean_count=[acc.n for acc in moments or []],
-                          iw_samples=iw_samples, seed=seed, batch_size=batch_size, iw_chunk=iw_chunk)
+                          iw_samples=iw_samples, seed=seed, batch_size=batch_size, iw_chunk=iw_chunk,
+                          fivo=np.concatenate(fivo) if fivo_particles else None, fivo_particles=fivo_particles)
 
 
 def evaluate_sequences(model, sequences: list, *, iw_samples: int = 16, batch_size: int = 16, seed: int = 0,
-                       iw_chunk: int = 1, progress: Optional[Callable[[int, int], None]] = None) -> Evaluation:
+                       iw_chunk: int = 1, fivo_particles: Optional[int] = None,
+                       progress: Optional[Callable[[int, int], None]] = None) -> Evaluation:
     """Evaluates ``model`` (a :class:`~tfhier.models.base.SequenceModel`) on full-length ``sequences``.
 
     Args:
@@ -274,10 +307,12 @@ def evaluate_sequences(model, sequences: list, *, iw_samples: int = 16, batch_si
       batch_size: sequences per forward pass.
       seed: seed of all sampling (see the module docstring).
       iw_chunk: importance samples per forward pass (the batch is tiled this many times).
+      fivo_particles: particles of the FIVO bound (Maddison et al. 2017), for models with the recurrent step
+        interface; default: ``iw_samples`` for those models, none for the others; 0: no FIVO bound.
       progress: called as ``progress(batches_done, num_batches)`` after each batch.
     """
     return Evaluator(model).evaluate(sequences, iw_samples=iw_samples, batch_size=batch_size, seed=seed,
-                                     iw_chunk=iw_chunk, progress=progress)
+                                     iw_chunk=iw_chunk, fivo_particles=fivo_particles, progress=progress)
 
 
 # ------------------------------------------------------------------------------------- run directories
@@ -294,7 +329,8 @@ def output_paths(run_dir, split) -> tuple:
 
 
 def evaluate_run(run_dir, split: str = "test", *, iw_samples: int = 16, batch_size: int = 16,
-                 max_sequences: int = 0, seed: int = 0, iw_chunk: int = 1, checkpoint: Optional[str] = None,
+                 max_sequences: int = 0, seed: int = 0, iw_chunk: int = 1, fivo_particles: Optional[int] = None,
+                 checkpoint: Optional[str] = None,
                  data_dir: Optional[str] = None, write: bool = True,
                  progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Evaluates the run in ``run_dir`` on ``split``; writes ``R/eval_<split>.{json,md}`` when ``write``.
@@ -323,13 +359,15 @@ def evaluate_run(run_dir, split: str = "test", *, iw_samples: int = 16, batch_si
     if max_sequences:
         sequences = sequences[:max_sequences]
     result = evaluate_sequences(run.model, sequences, iw_samples=iw_samples, batch_size=batch_size, seed=seed,
-                                iw_chunk=iw_chunk, progress=progress)
+                                iw_chunk=iw_chunk, fivo_particles=fivo_particles, progress=progress)
     report = {"run_dir": str(run_dir), "split": split, "model": run.config["model"],
               "dataset": run.config["dataset"], "checkpoint": run.checkpoint, "checkpoint_step": run.step,
               "split_size": len(run.data.split(split)), **result.summary(),
               "definitions": {
                   "elbo": "E_q log p(x|z) - analytic KL(q||p), reconstruction at one sampled z (model.score)",
                   "iwae": "log (1/K) sum_k p(x,z_k)/q(z_k|x), z_k ~ q (Burda et al. 2015); K=1 is a sampled-z ELBO",
+                  "fivo": "log p_hat of a particle filter with fivo_particles particles proposing from q, multinomial "
+                          "resampling at ESS < K/2 (Maddison et al. 2017); models with the recurrent step interface",
                   "per_sequence": "mean over sequences", "per_step": "sum over sequences / total real time steps",
                   "kl_per_layer": "analytic KL(q||p) of the layer summed over its valid steps and units",
                   "active_units": ACTIVE_UNITS_DEFINITION}}
@@ -365,6 +403,8 @@ def report_markdown(report: dict) -> str:
 
     row("ELBO", report["elbo"])
     row(f"IWAE bound (K={report['iw_samples']})", report["iwae"])
+    if "fivo" in report:
+        row(f"FIVO bound (K={report['fivo_particles']} particles)", report["fivo"])
     row("NLL (reconstruction)", report["nll"])
     row("KL total", report["kl"])
     for name, stats in report["kl_per_layer"].items():

@@ -18,7 +18,14 @@ Bounds (per sequence, in nats):
   ``log w = log p(x|z) + log p(z) - log q(z)`` for z ~ q (:func:`log_importance_weight`,
   :func:`iwae_bound`).
 
-KL regularisers for training (per element = sequence x latent unit x step):
+* FIVO (Maddison et al. 2017): a particle filter's estimate of log p(x)
+  (:class:`FIVO`, :func:`fivo_bound`), for models with the recurrent step interface.
+
+Training objectives (:class:`Objective`: a model and a batch in, a per-sequence
+loss and metrics out): :class:`ELBO` (with the KL regularisers below),
+:class:`IWAE` (K samples), :class:`FIVO` (K particles).
+
+KL regularisers of the ELBO (per element = sequence x latent unit x step):
 
 * ``'linear_free_bits'``: MS-STCN eq. (16), ``stopgrad(min(KL/lambda, 1)) * KL``;
 * ``'free_bits'``: eq. (15), ``max(KL, lambda)`` (Kingma et al. 2016), applied
@@ -117,8 +124,61 @@ def free_bits(kl, lam):
     return tf.maximum(kl, lam)
 
 
+@dataclasses.dataclass
+class ObjectiveOutput:
+    """What an objective computes for a batch: the training loss and its metrics, per sequence (nats)."""
+
+    loss: tf.Tensor  # [B]: the per-sequence training loss (averaged over the global batch by the trainer)
+    values: dict  # metric name -> [B] per-sequence value
+    num_steps: tf.Tensor  # [B]: real (unpadded) time steps
+
+
+def _per_sequence_kl_values(model, kl_per_layer):
+    values = {"kl": tf.reduce_sum(kl_per_layer, axis=-1)}
+    for i, name in enumerate(model.latent_layer_names):
+        values[f"kl_{name}"] = kl_per_layer[:, i]
+    return values
+
+
 class Objective(tf.Module):
-    """The training loss: negative ELBO with a KL regulariser, and its schedules.
+    """A training objective: a per-sequence loss and its metrics from a model and a batch.
+
+    Objectives know nothing of a model's internals: ELBO and IWAE use
+    ``model.forward``, FIVO the step interface of
+    :class:`tfhier.models.recurrent.RecurrentModel`.  ``BOUND`` names the
+    lower bound on log p(x) that the objective estimates; its negative,
+    per sequence and per step (``neg_<BOUND>``, ``neg_<BOUND>_per_step``), is
+    among the metrics, and the trainer keeps the checkpoint with the best
+    validation ``neg_<BOUND>_per_step``.  Metric names ending in ``_per_step``
+    are sums over sequences divided by their steps; the others are means over
+    sequences.
+    """
+
+    NAME = ""
+    BOUND = ""
+
+    def check(self, model):
+        """Raises ValueError naming the objective and the model when the model cannot take it."""
+
+    def update(self, step):
+        """Sets schedules (free-bits lambda, KL weight) from the training step."""
+
+    def metric_names(self, model) -> list:
+        raise NotImplementedError
+
+    def compute(self, model, x, mask, seed, training=False) -> ObjectiveOutput:
+        raise NotImplementedError
+
+    def summary_scalars(self) -> dict:
+        """Scalars of the objective's own state for TensorBoard (e.g. the free-bits lambda)."""
+        return {}
+
+    def get_config(self) -> dict:
+        return {}
+
+
+class ELBO(Objective):
+    """The negative ELBO (eq. 7) with a KL regulariser, and its schedules.
 
     Its state (the free-bits threshold lambda, the KL weight beta) lives in
     variables so checkpoints restore it; :meth:`update` sets it from the
@@ -128,6 +188,9 @@ class Objective(tf.Module):
     (MS-STCN §4: "smoothly decay the threshold ... halving the threshold every
     300 000 iterations").
     """
+
+    NAME = "elbo"
+    BOUND = "elbo"
 
     def __init__(self, kl_regularizer="linear_free_bits", free_bits=0.5, free_bits_halving_steps=300_000,
                  beta_start=0.0, anneal_steps=10_000, name="objective"):
@@ -160,6 +223,12 @@ class Objective(tf.Module):
             frac = tf.minimum(step / self.anneal_steps, 1.0)
             self.kl_weight.assign(self.beta_start + (1.0 - self.beta_start) * frac)
 
+    def summary_scalars(self):
+        out = {"free_bits_lambda": self.free_bits_lambda}
+        if self.kl_regularizer == "anneal":
+            out["kl_weight"] = self.kl_weight
+        return out
+
     def regularized_kl(self, kl_elements, latent_masks):
         """Per-sequence KL term of the loss [B] from masked KL elements."""
         total = 0.0
@@ -176,3 +245,218 @@ class Objective(tf.Module):
         """The loss of each sequence [B]: ``nll + regularised KL`` (summed over time and channels)."""
         return terms.nll + self.regularized_kl(terms.kl_elements, terms.latent_masks)
 
+    def metric_names(self, model):
+        return ["loss", "neg_elbo", "nll", "kl", "neg_elbo_per_step"] + [f"kl_{n}" for n in model.latent_layer_names]
+
+    def compute(self, model, x, mask, seed, training=False):
+        out = model.forward(x, mask, seed=seed, training=training)
+        terms = elbo_terms(out, x, mask)
+        values = {"neg_elbo": -terms.elbo, "nll": terms.nll, **_per_sequence_kl_values(model, terms.kl_per_layer)}
+        return ObjectiveOutput(loss=self.per_sequence_loss(terms), values=values, num_steps=terms.num_steps)
+
+
+class IWAE(Objective):
+    """The importance-weighted bound (Burda et al. 2015) with ``num_samples`` samples, as a training loss.
+
+    The batch is tiled K times (sample-major) and scored in one forward pass;
+    ``-log (1/K) sum_k w_k`` is the loss.  The ELBO terms averaged over the K
+    samples (analytic KL per layer) are logged beside it.
+    """
+
+    NAME = "iwae"
+    BOUND = "iwae"
+
+    def __init__(self, num_samples=4, name="objective"):
+        super().__init__(name=name)
+        if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+            raise ValueError(f"--num_particles must be an integer >= 1 (the IWAE's K), got {num_samples!r}")
+        self.num_samples = int(num_samples)
+
+    def get_config(self):
+        return {"num_samples": self.num_samples}
+
+    def metric_names(self, model):
+        return (["loss", "neg_iwae", "neg_iwae_per_step", "neg_elbo", "nll", "kl"] +
+                [f"kl_{n}" for n in model.latent_layer_names])
+
+    def compute(self, model, x, mask, seed, training=False):
+        k = self.num_samples
+        b = tf.shape(x)[0]
+        xt, mt = tf.tile(x, [k, 1, 1]), tf.tile(mask, [k, 1])
+        out = model.forward(xt, mt, seed=seed, training=training)
+        log_w = tf.reshape(log_importance_weight(out, xt, mt), [k, b])
+        bound = iwae_bound(log_w)
+        terms = elbo_terms(out, xt, mt)
+        mean_over_samples = lambda v: tf.reduce_mean(tf.reshape(v, tf.concat([[k, b], tf.shape(v)[1:]], 0)), 0)  # noqa
+        kl_per_layer = mean_over_samples(terms.kl_per_layer)
+        nll = mean_over_samples(terms.nll)
+        values = {"neg_iwae": -bound, "neg_elbo": nll + tf.reduce_sum(kl_per_layer, -1), "nll": nll,
+                  **_per_sequence_kl_values(model, kl_per_layer)}
+        return ObjectiveOutput(loss=-bound, values=values, num_steps=tf.reduce_sum(mask, axis=-1))
+
+
+RESAMPLING = ("multinomial",)
+
+
+class FIVO(Objective):
+    """The filtering variational objective (Maddison et al. 2017, "Filtering Variational Objectives").
+
+    A particle filter with ``num_particles`` particles per sequence, proposing
+    each ``z_t`` from the model's posterior (its proposal) through the step
+    interface of :class:`tfhier.models.recurrent.RecurrentModel`.  Each step
+    multiplies a particle's weight by
+    ``w_t = p(x_t | ...) p(z_t | ...) / q(z_t | ...)``; when the effective
+    sample size ``ESS = (sum w)^2 / sum w^2`` of a sequence's weights falls
+    below ``resampling_threshold * K`` the particles are resampled
+    (multinomially, ancestors drawn with stateless noise) and the running
+    estimate ``log p_hat`` takes ``log mean_k w_k``; the bound is ``log p_hat``
+    after the last step.  As Maddison et al. do, the gradients of the
+    resampling decisions (the score-function term) are dropped: ancestor
+    indices carry no gradient.  With one particle (and a threshold <= 1, so
+    that it never resamples) the bound is the single-sample ELBO
+    ``log p(x, z) - log q(z | x)`` of the same noise.
+
+    Padded steps neither weight nor resample.  Latent noise is the model's
+    contract (:func:`tfhier.models.base.latent_noise`) with the K particles as
+    extra batch rows, particle-major (row ``k*B + b``).  Logged beside the
+    bound: the fraction of steps at which a sequence resampled and the
+    analytic KL(q || p) of the particles (mean over particles, summed over
+    time), since FIVO has no per-layer KL of its own.
+    """
+
+    NAME = "fivo"
+    BOUND = "fivo"
+
+    def __init__(self, num_particles=4, resampling_threshold=0.5, resampling="multinomial", name="objective"):
+        super().__init__(name=name)
+        if isinstance(num_particles, bool) or int(num_particles) != num_particles or num_particles < 1:
+            raise ValueError(f"--num_particles must be an integer >= 1, got {num_particles!r}")
+        if not 0.0 <= float(resampling_threshold) <= 1.0:
+            raise ValueError(f"--resampling_threshold must be in [0, 1] (a fraction of --num_particles), got "
+                             f"{resampling_threshold!r}")
+        if resampling not in RESAMPLING:
+            raise ValueError(f"--resampling must be one of {RESAMPLING}, got {resampling!r}")
+        self.num_particles = int(num_particles)
+        self.resampling_threshold = float(resampling_threshold)
+        self.resampling = resampling
+
+    def get_config(self):
+        return {"num_particles": self.num_particles, "resampling_threshold": self.resampling_threshold,
+                "resampling": self.resampling}
+
+    def check(self, model):
+        if not getattr(model, "supports_step_interface", False):
+            raise ValueError(f"--objective=fivo needs a model with the recurrent step interface (a particle filter "
+                             f"resamples per-step states); --model={model.NAME} has none: use --objective=elbo or "
+                             f"iwae")
+
+    def metric_names(self, model):
+        return (["loss", "neg_fivo", "neg_fivo_per_step", "resampling_rate", "kl"] +
+                [f"kl_{n}" for n in model.latent_layer_names])
+
+    def compute(self, model, x, mask, seed, training=False):
+        bound, resampled, kl = fivo_bound(model, x, mask, seed, self.num_particles, self.resampling_threshold,
+                                          training=training)
+        steps = tf.reduce_sum(mask, axis=-1)
+        values = {"neg_fivo": -bound, "resampling_rate": resampled / tf.maximum(steps, 1.0),
+                  **_per_sequence_kl_values(model, kl[:, None])}
+        return ObjectiveOutput(loss=-bound, values=values, num_steps=steps)
+
+
+def effective_sample_size(log_weights, axis=0):
+    """``(sum w)^2 / sum w^2`` of the weights ``exp(log_weights)`` along ``axis``, computed in log space."""
+    return tf.exp(2.0 * tf.reduce_logsumexp(log_weights, axis) - tf.reduce_logsumexp(2.0 * log_weights, axis))
+
+
+def resample_decision(log_weights, threshold):
+    """Whether each sequence resamples: ``ESS < threshold * K`` for log weights ``[K, B]``; ``[B]`` bool."""
+    k = tf.cast(tf.shape(log_weights)[0], log_weights.dtype)
+    return effective_sample_size(log_weights) < threshold * k
+
+
+def particle_filter(propose_and_weight, initial_state, mask, num_particles, resampling_threshold, seed):
+    """A particle filter over time with multinomial resampling (the core of :class:`FIVO`).
+
+    Args:
+      propose_and_weight: ``(state, t) -> (state, log_increment [K*B], kl [K*B])``: moves every particle one
+        step (rows particle-major, ``k*B + b``) and returns its log weight increment (0 on padded steps).
+      initial_state: nested ``[K*B, ...]`` tensors.
+      mask: ``[B, T]``, 1 on real steps.
+      num_particles: K.
+      resampling_threshold: resample a sequence when ``ESS < threshold * K`` (at a real step that is not its
+        last: resampling there would not change the bound).
+      seed: int32 [2]; step t's ancestors are drawn with ``stateless_seed(seed, 2, t)``.
+
+    Returns ``(log p_hat [B], number of resampling steps [B], kl summed over time, mean over particles [B])``.
+    """
+    from tfhier.models.base import stateless_seed
+
+    k = int(num_particles)
+    mask = tf.cast(mask, tf.float32)
+    b, t_len = tf.shape(mask)[0], tf.shape(mask)[1]
+    log_k = tf.math.log(tf.cast(k, tf.float32))
+    rows = tf.range(b)
+    next_valid = tf.pad(mask, [[0, 0], [0, 1]])[:, 1:] > 0
+
+    def body(t, state, log_w, log_p_hat, resampled, kl):
+        state, inc, kl_t = propose_and_weight(state, t)
+        log_w = log_w + tf.reshape(inc, [k, b])
+        kl = kl + tf.reduce_mean(tf.reshape(kl_t, [k, b]), 0)
+        do = (resample_decision(log_w, resampling_threshold) & (tf.gather(mask, t, axis=1) > 0)
+              & tf.gather(next_valid, t, axis=1))
+        log_p_hat = log_p_hat + tf.where(do, tf.reduce_logsumexp(log_w, 0) - log_k, 0.0)
+        # Ancestors carry no gradient: the resampling decisions' score-function term is dropped.
+        ancestors = tf.random.stateless_categorical(tf.transpose(tf.stop_gradient(log_w)), k,
+                                                    seed=stateless_seed(seed, 2, t), dtype=tf.int32)  # [B, K]
+        ancestors = tf.where(do[:, None], ancestors, tf.range(k)[None, :])
+        flat = tf.reshape(tf.transpose(ancestors) * b + rows[None, :], [-1])  # new row k*B+b <- old row a*B+b
+        state = tf.nest.map_structure(lambda v: tf.gather(v, flat), state)
+        log_w = tf.where(do[None, :], tf.zeros_like(log_w), log_w)
+        return t + 1, state, log_w, log_p_hat, resampled + tf.cast(do, tf.float32), kl
+
+    zeros = tf.zeros([b])
+    _, _, log_w, log_p_hat, resampled, kl = tf.while_loop(
+        lambda t, *_: t < t_len, body, (tf.constant(0), initial_state, tf.zeros([k, b]), zeros, zeros, zeros))
+    return log_p_hat + tf.reduce_logsumexp(log_w, 0) - log_k, resampled, kl
+
+
+def fivo_bound(model, x, mask, seed, num_particles, resampling_threshold=0.5, training=False):
+    """The FIVO bound of each sequence (see :class:`FIVO`): ``(log p_hat [B], resampling steps [B],
+    analytic KL(q || p) summed over time, mean over particles [B])``."""
+    from tfhier.models.base import latent_noise, masked_inputs
+
+    k = int(num_particles)
+    x = masked_inputs(x, mask)
+    mask = tf.cast(mask, tf.float32)
+    b, t_len = tf.shape(x)[0], tf.shape(x)[1]
+    xk, mk = tf.tile(x, [k, 1, 1]), tf.tile(mask, [k, 1])  # particle-major rows k*B + b
+    prepared = model.prepare(xk, mk)
+    eps = latent_noise(seed, 0, t_len, k * b, model.latent_dim)
+
+    def propose_and_weight(state, t):
+        x_t = tf.gather(xk, t, axis=1)
+        out = model.step(state, x_t, {n: tf.gather(v, t, axis=1) for n, v in prepared.items()}, tf.gather(eps, t))
+        valid = tf.gather(mk, t, axis=1) > 0
+        log_w = (model.head.distribution(out.eta).log_prob(x_t) + tf.reduce_sum(out.prior.log_prob(out.z), -1)
+                 - tf.reduce_sum(out.posterior.log_prob(out.z), -1))
+        kl = tf.reduce_sum(tfd.kl_divergence(out.posterior, out.prior), -1)
+        return out.state, tf.where(valid, log_w, 0.0), tf.where(valid, kl, 0.0)
+
+    return particle_filter(propose_and_weight, model.initial_state(k * b), mask, k, resampling_threshold, seed)
+
+
+OBJECTIVES = ("elbo", "iwae", "fivo")
+
+
+def make_objective(name, *, kl_regularizer="linear_free_bits", free_bits=0.5, free_bits_halving_steps=300_000,
+                   beta_start=0.0, anneal_steps=10_000, num_particles=4, resampling_threshold=0.5,
+                   resampling="multinomial") -> Objective:
+    """The objective ``--objective=name`` with its settings."""
+    if name == "elbo":
+        return ELBO(kl_regularizer, free_bits=free_bits, free_bits_halving_steps=free_bits_halving_steps,
+                    beta_start=beta_start, anneal_steps=anneal_steps)
+    if name == "iwae":
+        return IWAE(num_particles)
+    if name == "fivo":
+        return FIVO(num_particles, resampling_threshold, resampling)
+    raise ValueError(f"--objective must be one of {OBJECTIVES}, got {name!r}")

@@ -53,6 +53,9 @@ class TrainSettings:
     lr_decay_rate: float = 0.5
     clip_norm: float = 1.0
     seed: int = 0
+    objective: str = "elbo"
+    num_particles: int = 4
+    resampling_threshold: float = 0.5
     kl_regularizer: str = "linear_free_bits"
     free_bits: float = 0.5
     free_bits_halving_steps: int = 300_000
@@ -92,6 +95,12 @@ class TrainSettings:
             raise ValueError(f"--beta_start must be in [0, 1] (the initial KL weight), got {self.beta_start}")
         if not 0 <= self.seed < 2 ** 31:
             raise ValueError(f"--seed must be an integer in [0, 2^31 - 1], got {self.seed}")
+        if self.objective not in objectives.OBJECTIVES:
+            raise ValueError(f"--objective must be one of {objectives.OBJECTIVES}, got {self.objective!r}")
+        if self.num_particles < 1:
+            raise ValueError(f"--num_particles must be >= 1, got {self.num_particles}")
+        if not 0.0 <= self.resampling_threshold <= 1.0:
+            raise ValueError(f"--resampling_threshold must be in [0, 1], got {self.resampling_threshold}")
         if self.kl_regularizer not in objectives.KL_REGULARIZERS:
             raise ValueError(f"--kl_regularizer must be one of {objectives.KL_REGULARIZERS}, got "
                              f"{self.kl_regularizer!r}")
@@ -200,9 +209,10 @@ def make_optimizer(s: TrainSettings):
 
 
 def make_objective(s: TrainSettings):
-    return objectives.Objective(s.kl_regularizer, free_bits=s.free_bits,
-                                free_bits_halving_steps=s.free_bits_halving_steps,
-                                beta_start=s.beta_start, anneal_steps=s.anneal_steps)
+    return objectives.make_objective(s.objective, kl_regularizer=s.kl_regularizer, free_bits=s.free_bits,
+                                     free_bits_halving_steps=s.free_bits_halving_steps, beta_start=s.beta_start,
+                                     anneal_steps=s.anneal_steps, num_particles=s.num_particles,
+                                     resampling_threshold=s.resampling_threshold)
 
 
 def model_variables(model) -> dict:
@@ -399,9 +409,8 @@ class TrainingMonitor(keras.callbacks.Callback):
             for name, value in self._interval_means().items():
                 tf.summary.scalar(metric_tag(name), value)
             tf.summary.scalar("learning_rate", lr)
-            tf.summary.scalar("free_bits_lambda", float(self.objective.free_bits_lambda.numpy()))
-            if self.objective.kl_regularizer == "anneal":
-                tf.summary.scalar("kl_weight", float(self.objective.kl_weight.numpy()))
+            for name, value in self.objective.summary_scalars().items():
+                tf.summary.scalar(name, float(value.numpy()))
         self.train_writer.flush()
 
     def on_epoch_end(self, epoch, logs=None):
@@ -412,7 +421,7 @@ class TrainingMonitor(keras.callbacks.Callback):
                 for name, value in val.items():
                     tf.summary.scalar(metric_tag(name), float(value))
             self.valid_writer.flush()
-            self.checkpointer.save_if_best(float(val["neg_elbo_per_step"]))
+            self.checkpointer.save_if_best(float(val[f"neg_{self.objective.BOUND}_per_step"]))
 
     def on_train_end(self, logs=None):
         if not self.failed:
@@ -548,8 +557,8 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         print(f"warning: {note}", flush=True)
     step = checkpointer.step
     if restored:
-        print(f"resumed from {restored} at step {step} (free-bits lambda "
-              f"{float(objective.free_bits_lambda.numpy()):.4g})", flush=True)
+        state = ", ".join(f"{k} {float(v.numpy()):.4g}" for k, v in objective.summary_scalars().items())
+        print(f"resumed from {restored} at step {step}" + (f" ({state})" if state else ""), flush=True)
     try:
         if not resuming:
             atomic_write(os.path.join(run_dir, "config.json"), json.dumps(config, indent=2) + "\n")

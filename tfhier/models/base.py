@@ -360,7 +360,12 @@ class SequenceModel(keras.Model):
         """The state before the first step: a nested structure of ``[B, ...]`` tensors."""
         raise NotImplementedError
 
-    def generation_emit(self, state, eps, temperature, observed=None):
+    def generation_prepare(self, prefix, lengths) -> dict:
+        """Per-sequence features of an observed prefix, ``{name: [B, T0, ...]}`` (its observed steps only), for
+        ``generation_emit``'s ``prepared_t`` (a smoothing posterior's backward pass; default: none)."""
+        return {}
+
+    def generation_emit(self, state, eps, temperature, observed=None, prepared_t=None):
         """The output parameters of the next step: ``(eta [B, P], carry)``.
 
         ``eps``: this step's standard normal latent noise, one ``[B, Z_l]`` per
@@ -401,15 +406,17 @@ class SequenceModel(keras.Model):
         latent_seed = generation_latent_seed(seed)
         eps = [latent_noise(latent_seed, l, total, b, z) for l, z in enumerate(self.latent_dims)]
         out = tf.TensorArray(tf.float32, size=total, element_shape=tf.TensorShape([None, self.input_dim]))
+        prepared = self.generation_prepare(prefix, lengths) if primed else {}
 
         def body(t, state, out):
             with blocks.step_weights():
                 eps_t = [tf.gather(e, t) for e in eps]
-                observed = None
+                observed, prepared_t = None, {}
                 if primed:
                     x_t = tf.gather(prefix, tf.minimum(t, t0 - 1), axis=1)
                     observed = (x_t, t < lengths)
-                eta, carry = self.generation_emit(state, eps_t, temperature, observed)
+                    prepared_t = {n: tf.gather(v, tf.minimum(t, t0 - 1), axis=1) for n, v in prepared.items()}
+                eta, carry = self.generation_emit(state, eps_t, temperature, observed, prepared_t)
                 y = self.sample_step(eta, output_step_seed(seed, t), temperature)
                 if primed:
                     y = tf.where(observed[1][:, None], observed[0], y)
@@ -472,10 +479,17 @@ class SequenceModel(keras.Model):
 
     # -- training ----------------------------------------------------------------------
     def compile(self, optimizer, objective: objectives.Objective, **kwargs):
+        """``objective`` (:class:`tfhier.objectives.Objective`) gives the training loss and its metrics;
+        validation always reports the ELBO and, for another objective, its bound as well."""
+        objective.check(self)
         super().compile(optimizer=optimizer, **kwargs)
         self.objective = objective
-        names = ["loss", "neg_elbo", "nll", "kl", "neg_elbo_per_step"]
-        names += [f"kl_{n}" for n in self.latent_layer_names]
+        self._validation_elbo = objectives.ELBO("none", name="validation_elbo")
+        self._train_names = objective.metric_names(self)
+        self._valid_names = self._validation_elbo.metric_names(self)[1:]  # no 'loss'
+        if objective.BOUND != "elbo":
+            self._valid_names += [f"neg_{objective.BOUND}", f"neg_{objective.BOUND}_per_step"]
+        names = list(dict.fromkeys(self._train_names + self._valid_names))
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
         self._trackers["grad_norm"] = keras.metrics.Mean(name="grad_norm")
         self._trackers["nonfinite_steps"] = keras.metrics.Sum(name="nonfinite_steps")
@@ -484,17 +498,16 @@ class SequenceModel(keras.Model):
     def metrics(self):
         return list(getattr(self, "_trackers", {}).values())
 
-    def _update_bound_metrics(self, terms: objectives.ElboTerms, weight):
-        t = self._trackers
-        neg_elbo = -terms.elbo
-        t["neg_elbo"].update_state(neg_elbo, sample_weight=weight)
-        t["nll"].update_state(terms.nll, sample_weight=weight)
-        t["kl"].update_state(terms.kl, sample_weight=weight)
-        # Weighted by steps, this is sum(-ELBO) / sum(steps): nats per time step.
-        t["neg_elbo_per_step"].update_state(neg_elbo / tf.maximum(terms.num_steps, 1.0),
-                                            sample_weight=terms.num_steps * weight)
-        for i, name in enumerate(self.latent_layer_names):
-            t[f"kl_{name}"].update_state(terms.kl_per_layer[:, i], sample_weight=weight)
+    def _update_objective_metrics(self, result: objectives.ObjectiveOutput, names, weight):
+        """Means over sequences; ``*_per_step`` names are sums over sequences / their steps (nats per step)."""
+        steps = result.num_steps
+        values = dict(result.values, loss=result.loss)
+        for name in names:
+            if name.endswith("_per_step"):
+                total = values[name[: -len("_per_step")]]
+                self._trackers[name].update_state(total / tf.maximum(steps, 1.0), sample_weight=steps * weight)
+            else:
+                self._trackers[name].update_state(values[name], sample_weight=weight)
 
     def _training_seed(self, step):
         replica = tf.distribute.get_replica_context()
@@ -506,10 +519,8 @@ class SequenceModel(keras.Model):
         step = self.optimizer.iterations
         self.objective.update(step)
         with tf.GradientTape() as tape:
-            out = self.forward(x, mask, seed=self._training_seed(step), training=True)
-            terms = objectives.elbo_terms(out, x, mask)
-            per_sequence = self.objective.per_sequence_loss(terms)
-            loss = tf.nn.compute_average_loss(per_sequence)
+            result = self.objective.compute(self, x, mask, self._training_seed(step), training=True)
+            loss = tf.nn.compute_average_loss(result.loss)
         variables = self.trainable_variables
         grads = tape.gradient(loss, variables)
         grad_norm = tf.linalg.global_norm(grads)
@@ -518,17 +529,21 @@ class SequenceModel(keras.Model):
         apply_if_finite(self.optimizer, grads, variables, finite)
         weight = tf.cast(finite, tf.float32)
         safe = lambda v: tf.where(finite, v, tf.zeros_like(v))  # noqa: E731
-        self._trackers["loss"].update_state(safe(per_sequence), sample_weight=weight)
+        result = objectives.ObjectiveOutput(loss=safe(result.loss), num_steps=result.num_steps,
+                                            values={k: safe(v) for k, v in result.values.items()})
+        self._update_objective_metrics(result, self._train_names, weight)
         self._trackers["grad_norm"].update_state(safe(grad_norm), sample_weight=weight)
         self._trackers["nonfinite_steps"].update_state(1.0 - weight)
-        self._update_bound_metrics(
-            objectives.ElboTerms(nll=safe(terms.nll), kl_per_layer=safe(terms.kl_per_layer), kl_elements=[],
-                                 latent_masks=[], num_steps=terms.num_steps), weight)
-        return {m.name: m.result() for m in self.metrics}
+        return {n: self._trackers[n].result() for n in self._train_names + ["grad_norm", "nonfinite_steps"]}
 
     def test_step(self, data):
         x, mask = data
-        out = self.forward(x, mask, seed=stateless_seed(tf.constant([self.noise_seed, -1])))
-        self._update_bound_metrics(objectives.elbo_terms(out, x, mask), 1.0)
-        names = ["neg_elbo", "nll", "kl", "neg_elbo_per_step"] + [f"kl_{n}" for n in self.latent_layer_names]
-        return {n: self._trackers[n].result() for n in names}
+        seed = stateless_seed(tf.constant([self.noise_seed, -1]))
+        elbo = self._validation_elbo.compute(self, x, mask, seed)
+        self._update_objective_metrics(elbo, [n for n in self._valid_names if n in elbo.values or
+                                              n[: -len("_per_step")] in elbo.values], 1.0)
+        if self.objective.BOUND != "elbo":
+            bound = self.objective.compute(self, x, mask, seed)
+            self._update_objective_metrics(bound, [f"neg_{self.objective.BOUND}",
+                                                   f"neg_{self.objective.BOUND}_per_step"], 1.0)
+        return {n: self._trackers[n].result() for n in self._valid_names}

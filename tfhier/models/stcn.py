@@ -199,7 +199,7 @@ class STCN(SequenceModel):
         return {"queues": tuple(net.initial_state(batch) for net in self.tcn),
                 "d_prev": tuple(tf.zeros(tf.stack([batch, c])) for c in self.channels)}
 
-    def generation_emit(self, state, eps, temperature, observed=None):
+    def generation_emit(self, state, eps, temperature, observed=None, prepared_t=None):
         # Latents of a prefix step only shape that step's output, which the prefix replaces: the prior will do.
         n = len(self.channels)
         zs, z_above = [None] * n, None

@@ -138,7 +138,7 @@ class WaveNetModel(SequenceModel):
         features, queues = self._advance(queues, tf.zeros(tf.stack([batch, self.input_dim])))
         return {"queues": queues, "features": features}
 
-    def generation_emit(self, state, eps, temperature, observed=None):
+    def generation_emit(self, state, eps, temperature, observed=None, prepared_t=None):
         return self.head.proj.step1(self.output_net.step1(state["features"])), ()
 
     def generation_observe(self, state, carry, y):

@@ -1,0 +1,154 @@
+"""VRNN: the variational recurrent neural network (Chung et al. 2015), as VHRNN §2-3 and FIVO use it.
+
+``../shared/papers/vhrnn.txt`` defines it as VHRNN's base (eqs. 1-5 without
+the hypernetworks); the only TensorFlow home it had is FIVO's archived TF1
+code (``fivo/models/vrnn.py``).  With ``h_t`` the LSTM state after step t::
+
+    phi_x(x_t), phi_z(z_t)                       feature extractors (MLPs)
+    prior      p(z_t | h_{t-1})        = N(MLP_p(h_{t-1}))                       (3)
+    posterior  q(z_t | x_t, h_{t-1})   = N(MLP_q([phi_x(x_t), h_{t-1}]))         (5)
+    emission   p(x_t | z_t, h_{t-1})   = head(MLP_e([phi_z(z_t), h_{t-1}]))      (2)
+    recurrence h_t = LSTM([phi_x(x_t), phi_z(z_t)], h_{t-1})                     (1)
+
+Choices (each a hyperparameter; the VHRNN paper's synthetic VRNN is
+``configs/vrnn_synthetic.cfg``):
+
+* every MLP has ``mlp_hidden`` ReLU layers and a linear output; the feature
+  extractors output ``feature_units``; the latent networks output
+  ``[mu, sigma_pre]`` with sigma = clip(softplus, 1e-3, 5) (tfhier's scale
+  everywhere; FIVO uses softplus(raw + 0.25) with a floor) and start at zero.
+* ``posterior='filtering'`` is eq. 5.  ``'smoothing'`` is FIVO's smoothing
+  proposal: a reverse LSTM (``rnn_units``) over ``phi_x(x_{t:T})`` replaces
+  ``phi_x(x_t)`` in the posterior's input.  The VHRNN paper's parameter
+  counts of its synthetic VRNNs (Table 1: 2,612 for z = 8, 1,516 for z = 6)
+  are those of FIVO's VRNN with two hidden layers of z units and that
+  reverse LSTM, which ``posterior='smoothing'`` reproduces.
+* ``res_q``: the posterior mean is the prior mean plus the network's output
+  (FIVO's learned proposals always do this; Chung et al. do not, the
+  default).
+* ``cell='lstm'`` (the papers) or ``'gru'`` (VHRNN appendix D's variant).
+
+The step interface and everything built on it (forward, cached generation,
+FIVO) come from :class:`tfhier.models.recurrent.RecurrentModel`.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfhier.blocks import PointwiseMLP
+from tfhier.models.base import head_hparams, latent_normal, make_model_head
+from tfhier.models.hparams import HParam, HParamError
+from tfhier.models.recurrent import RecurrentModel
+
+CELLS = ("lstm", "gru")
+
+
+def make_cell(kind, units, name):
+    if kind == "lstm":
+        return keras.layers.LSTMCell(units, name=name)
+    return keras.layers.GRUCell(units, name=name)
+
+
+def cell_state(kind, batch, units):
+    zeros = tf.zeros(tf.stack([batch, units]))
+    return {"h": zeros, "c": zeros} if kind == "lstm" else {"h": zeros}
+
+
+def run_cell(kind, cell, x, state):
+    """One step of an LSTM or GRU cell on ``x`` [B, C] from ``state`` ({'h'[, 'c']}); the new state dict."""
+    if kind == "lstm":
+        h, (h2, c2) = cell(x, [state["h"], state["c"]])
+        return {"h": h, "c": c2}
+    h, _ = cell(x, [state["h"]])
+    return {"h": h}
+
+
+def reverse_rnn_layer(kind, units, name):
+    """A Keras RNN running a cell backwards in time (see :func:`reverse_rnn`)."""
+    return keras.layers.RNN(make_cell(kind, units, name=f"{name}_cell"), return_sequences=True, go_backwards=True,
+                            name=name)
+
+
+def reverse_rnn(layer, inputs, mask):
+    """``a_t = cell(a_{t+1}, inputs_t)`` from ``a_{T+1} = 0`` backwards over ``inputs`` [B, T, C] (``layer``: a
+    :func:`reverse_rnn_layer`), padded steps (``mask`` 0) skipped so the recursion of every sequence starts at
+    its own last step: ``[B, T, units]``, zero on padded steps."""
+    out = layer(inputs, mask=tf.cast(mask, tf.bool))
+    return tf.reverse(out, axis=[1]) * tf.cast(mask, tf.float32)[..., None]
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class VRNN(RecurrentModel):
+    """VRNN (see the module docstring)."""
+
+    NAME = "vrnn"
+    DESCRIPTION = "VRNN (Chung et al. 2015): an LSTM with a latent variable per step, prior from its state"
+    HPARAMS = head_hparams("gaussian", 10) + (
+        HParam("latent_dims", "ints", [8], "Latent units per step of each layer (recurrent models: one layer)."),
+        HParam("rnn_units", "int", 8, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
+        HParam("mlp_hidden", "ints", [8, 8], "Hidden ReLU layers of every MLP of a recurrent model."),
+        HParam("feature_units", "int", 8, "Output size of the feature extractors phi_x, phi_z."),
+        HParam("posterior", "str", "filtering", "q(z_t | x_t, state) (filtering) or with a reverse RNN over the "
+               "future observations (smoothing).", choices=("filtering", "smoothing")),
+        HParam("res_q", "bool", False, "The posterior mean is the prior mean plus a learned residual (SRNN eq. 12)."),
+        HParam("cell", "str", "lstm", "Recurrent cell: lstm or gru.", choices=CELLS),
+    )
+
+    def __init__(self, input_dim, noise_seed=0, **kwargs):
+        super().__init__(input_dim, noise_seed=noise_seed, **kwargs)
+        hp = self.hparams
+        self._check(hp)
+        self.head_name = hp["head"]
+        self.z_dim, self.units, self.cell_kind = hp["latent_dims"][0], hp["rnn_units"], hp["cell"]
+        self.smoothing, self.res_q = hp["posterior"] == "smoothing", hp["res_q"]
+        hidden, features = hp["mlp_hidden"], hp["feature_units"]
+        self.phi_x = PointwiseMLP(hidden, features, name="phi_x")
+        self.phi_z = PointwiseMLP(hidden, features, name="phi_z")
+        self.prior_net = PointwiseMLP(hidden, 2 * self.z_dim, out_initializer="zeros", name="prior")
+        self.posterior_net = PointwiseMLP(hidden, 2 * self.z_dim, out_initializer="zeros", name="posterior")
+        self.emission_net = PointwiseMLP(hidden, name="emission")
+        self.rnn = make_cell(self.cell_kind, self.units, name="rnn")
+        self.reverse = reverse_rnn_layer(self.cell_kind, self.units, "reverse_rnn") if self.smoothing else None
+        self.head = make_model_head(self)
+
+    def _check(self, hp):
+        if len(hp["latent_dims"]) != 1 or hp["latent_dims"][0] < 1:
+            raise HParamError(f"{self.NAME}: --latent_dims is one positive number for a recurrent model (one latent "
+                              f"layer), got {hp['latent_dims']}")
+        if hp["rnn_units"] < 1 or hp["feature_units"] < 1 or min(hp["mlp_hidden"], default=1) < 1:
+            raise HParamError(f"{self.NAME}: --rnn_units, --feature_units and --mlp_hidden entries must be >= 1")
+
+    @property
+    def latent_dim(self):
+        return self.z_dim
+
+    # -- the step interface ----------------------------------------------------------------
+    def initial_state(self, batch):
+        return cell_state(self.cell_kind, batch, self.units)
+
+    def prepare(self, x, mask):
+        if not self.smoothing:
+            return {}
+        return {"a": reverse_rnn(self.reverse, self.phi_x(x), mask)}
+
+    def prior(self, state, prepared_t):
+        return latent_normal(self.prior_net(state["h"]))
+
+    def posterior(self, state, prior, x_t, prepared_t):
+        evidence = prepared_t["a"] if self.smoothing else self.phi_x(x_t)
+        q = latent_normal(self.posterior_net(tf.concat([evidence, state["h"]], -1)))
+        if self.res_q:
+            q = type(q)(prior.loc + q.loc, q.scale)
+        return q
+
+    def emission(self, state, z, prepared_t):
+        return self.emission_net(tf.concat([self.phi_z(z), state["h"]], -1))
+
+    def transition(self, state, z, x_t, prepared_t):
+        inputs = tf.concat([self.phi_x(x_t), self.phi_z(z)], -1)
+        return run_cell(self.cell_kind, self.rnn, inputs, state)
+
+
+__all__ = ["CELLS", "VRNN", "cell_state", "make_cell", "reverse_rnn", "reverse_rnn_layer", "run_cell"]
