@@ -87,8 +87,12 @@ def sequence_nll(likelihood, x, mask):
 
 
 def elbo_terms(output, x, mask) -> ElboTerms:
-    """ELBO terms (eq. 7) of a model output for data ``x`` [B, T, D] and mask [B, T]."""
-    kl_elements = masked_kl_elements(output.posteriors, output.priors, output.latent_masks)
+    """ELBO terms (eq. 7) of a model output for data ``x`` [B, T, D] and mask [B, T]; a model whose prior does
+    not factorise over steps gives its analytic KL per element itself (``output.kl_elements``)."""
+    if getattr(output, "kl_elements", None) is not None:
+        kl_elements = [k * m[..., None] for k, m in zip(output.kl_elements, output.latent_masks)]
+    else:
+        kl_elements = masked_kl_elements(output.posteriors, output.priors, output.latent_masks)
     if kl_elements:
         kl_per_layer = tf.stack([tf.reduce_sum(k, axis=[1, 2]) for k in kl_elements], axis=-1)
     else:

@@ -11,10 +11,13 @@ from tfhier.models.base import ModelOutput, SequenceModel
 from tfhier.models.msstcn import MSSTCN
 from tfhier.models.srnn import SRNN
 from tfhier.models.stcn import STCN, STCNDense
+from tfhier.models.storn import VOSP, VRAE
+from tfhier.models.vhrnn import VHRNN
 from tfhier.models.vrnn import VRNN
 from tfhier.models.wavenet import WaveNetDense, WaveNetModel
 
-MODELS = {cls.NAME: cls for cls in (MSSTCN, WaveNetModel, WaveNetDense, STCN, STCNDense, VRNN, SRNN)}
+MODELS = {cls.NAME: cls for cls in (MSSTCN, WaveNetModel, WaveNetDense, STCN, STCNDense, VRNN, SRNN, VHRNN, VOSP,
+                                    VRAE)}
 
 
 def model_class(name):
@@ -61,6 +64,6 @@ def define_flags(flag_values, module_name, reserved=()):
     hparams.define_flags(MODELS, flag_values, module_name, reserved)
 
 
-__all__ = ["MODELS", "MSSTCN", "ModelOutput", "SRNN", "STCN", "STCNDense", "SequenceModel", "VRNN", "WaveNetDense",
-           "WaveNetModel",
+__all__ = ["MODELS", "MSSTCN", "ModelOutput", "SRNN", "STCN", "STCNDense", "SequenceModel", "VHRNN", "VOSP", "VRAE",
+           "VRNN", "WaveNetDense", "WaveNetModel",
            "build_model", "config_for_data", "config_from_flags", "define_flags", "model_class"]

@@ -113,6 +113,9 @@ class ModelOutput:
     priors: list  # per layer, same shapes
     latents: list  # per layer [B, T_l, Z_l]: z used by the generative path
     latent_masks: list  # per layer [B, T_l]
+    # per layer [B, T_l, Z_l]: the analytic KL(q || p) per element when the prior does not factorise over steps
+    # (STORN's Wiener process); None: the element-wise KL of posteriors and priors
+    kl_elements: Optional[list] = None
 
 
 def stateless_seed(seed, *salts):
@@ -254,6 +257,8 @@ class SequenceModel(keras.Model):
     time_multiple = 1
     #: the model implements the step-wise generation interface (``generation_state`` / ``_emit`` / ``_observe``)
     stepwise_generation = False
+    #: p(x_t | ...) depends on x_{<t} (False for STORN's VRAE, which generates from its latent sequence alone)
+    autoregressive = True
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
         keras_kwargs = {k: kwargs.pop(k) for k in _KERAS_KWARGS if k in kwargs}

@@ -97,6 +97,16 @@ class RecurrentModel(SequenceModel):
     def transition(self, state, z, x_t, prepared_t) -> dict:
         raise NotImplementedError
 
+    def emission_params(self, state, z, prepared_t):
+        """The head's parameters ``eta`` [B, P] of p(x_t | ...): the head on :meth:`emission` (VHRNN modulates
+        the projection itself)."""
+        return self.head(self.emission(state, z, prepared_t))
+
+    def analytic_kl(self, q_loc, q_scale, mask):
+        """The KL per element ``[B, T, Z]`` when the prior does not factorise over steps (a Wiener process), in a
+        one-layer list; None: the step priors' element-wise KL."""
+        return None
+
     # -- derived -------------------------------------------------------------------------
     @property
     def latent_layer_names(self):
@@ -117,7 +127,7 @@ class RecurrentModel(SequenceModel):
         else:
             z_p = prior.loc + prior.scale * (temperature * eps_t)
             z = z_p if use_posterior is False else tf.where(use_posterior[:, None], z_q, z_p)
-        eta = self.head(self.emission(state, z, prepared_t))
+        eta = self.emission_params(state, z, prepared_t)
         return StepOutput(self.transition(state, z, x_t, prepared_t), prior, posterior, z, eta)
 
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
@@ -154,7 +164,7 @@ class RecurrentModel(SequenceModel):
         p_loc, p_scale, q_loc, q_scale, z, eta = (tf.transpose(a.stack(), [1, 0, 2]) for a in arrays)
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta,
                            posteriors=[tfd.Normal(q_loc, q_scale)], priors=[tfd.Normal(p_loc, p_scale)],
-                           latents=[z], latent_masks=[mask])
+                           latents=[z], latent_masks=[mask], kl_elements=self.analytic_kl(q_loc, q_scale, mask))
 
     # -- cached generation: the recurrence --------------------------------------------------
     def generation_prepare(self, prefix, lengths):
@@ -174,7 +184,7 @@ class RecurrentModel(SequenceModel):
             x_t, is_observed = observed
             posterior = self.posterior(state, prior, x_t, prepared_t)
             z = tf.where(is_observed[:, None], posterior.loc + posterior.scale * eps[0], z)
-        return self.head(self.emission(state, z, prepared_t)), {"z": z, "prepared": prepared_t}
+        return self.emission_params(state, z, prepared_t), {"z": z, "prepared": prepared_t}
 
     def generation_observe(self, state, carry, y):
         return self.transition(state, carry["z"], y, carry["prepared"])

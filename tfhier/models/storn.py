@@ -1,0 +1,291 @@
+"""STORN (Bayer & Osendorfer 2014, "Learning stochastic recurrent networks"): VOSP and VRAE, with the
+Wiener-process prior of §3.3.
+
+``../shared/papers/storn_bayer2014.txt``.
+
+**VOSP**, the variational one-step predictor (§3.2): a recognition RNN whose
+deterministic state ``h_t`` summarises ``x_{1:t}``, a posterior
+``q(z_t | h_t)`` and a generating MLP ``p(x_t | h_{t-1}, z_t)``; the past
+enters the prediction only through ``h`` (the latents have no recurrence of
+their own, beyond the prior's)::
+
+    h_t = RNN(h_{t-1}, x_t),  q(z_t | h_t) = N(MLP_q(h_t)),  p(x_t | h_{t-1}, z_t) = head(MLP_x([h_{t-1}, z_t]))
+
+Its posterior is a filter (``q(z_t)`` sees ``x_{<=t}``), so it has the
+recurrent step interface and takes FIVO.
+
+**VRAE**, the variational recurrent auto-encoder of §3.1 (the STORN paper's
+definition, *not* Fabius & van Amersfoort's sequence-level VRAE with one
+latent vector per sequence): a latent sequence ``z_{1:T}`` connected to
+every ``x_t``, with bidirectional RNNs for both the recognition model
+``q(z_t | x_{1:T})`` and the generating model ``p(x_t | z_{1:T})``.  It is not
+autoregressive in x: generation draws ``z_{1:T}`` from the prior and decodes
+it (O(T) in all, by its nature).  Continuation (our definition, the paper
+has none): the latents of the prefix come from the posterior given the
+prefix alone (the recognition RNN runs over the prefix's steps only), those
+after it from the prior (for the Wiener prior: the random walk continued from
+the prefix's last latent), and ``z_{1:L+N}`` is decoded jointly; the
+continuation is drawn from ``p(x_t | z_{1:L+N})`` for ``t >= L``.
+
+**Priors** (``prior``): ``'normal'``, isotropic ``N(0, I)`` per step, or
+``'wiener'``, the Wiener process of §3.3: ``z_t = z_{t-1} + eps_t``,
+``z_0 = 0``, i.e. ``z_{1:T,i} ~ N(0, Sigma)`` with ``Sigma_{s,t} = min(s, t)``.
+Its KL is computed on the increments ``g(z) = (z_1, z_2 - z_1, ...)``
+(volume preserving, so KL(q(g(z)) || N(0, I)) = KL(q(z) || Wiener)), which
+for a diagonal q is analytic and per step:
+``1/2 [sigma_t^2 + sigma_{t-1}^2 + (mu_t - mu_{t-1})^2 - 1 - 2 log sigma_t]``
+(:func:`wiener_kl`).  Importance weights and FIVO use the prior's own
+density, ``prod_t N(z_t; z_{t-1}, 1)``.
+
+Choices where the paper is silent or that we do not follow:
+
+* ``cell='simple'`` is eq. 2's RNN (tanh); the paper uses fast-dropout RNNs
+  (FD-RNNs, Bayer et al.): fast dropout is **not** done here.  ``'lstm'`` and
+  ``'gru'`` are offered too.
+* MLPs have ``mlp_hidden`` ReLU layers; latent scales are clip(softplus,
+  1e-3, 5) as everywhere in tfhier; the latent networks' last layers start
+  at zero.
+* VRAE's bidirectional RNNs concatenate the two directions, each of
+  ``rnn_units``, and skip padded steps (masking), so a sequence decodes the
+  same whatever padding follows it.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+import tensorflow_probability as tfp
+
+from tfhier.blocks import PointwiseMLP
+from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed, graph_call,
+                                head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs,
+                                output_step_seed)
+from tfhier.models.hparams import HParam, HParamError
+from tfhier.models.recurrent import RecurrentModel
+from tfhier.models.vrnn import cell_state, run_cell
+
+tfd = tfp.distributions
+
+PRIORS = ("wiener", "normal")
+STORN_CELLS = ("simple", "lstm", "gru")
+
+
+def wiener_kl(loc, scale, mask):
+    """KL(q || Wiener) per element ``[B, T, Z]`` for a diagonal Gaussian q with ``loc``/``scale`` [B, T, Z] over
+    the real steps (``mask`` [B, T], padding after them): the KL of the increments against N(0, I)."""
+    mask = tf.cast(mask, loc.dtype)[..., None]
+    loc, var = loc * mask, tf.square(scale) * mask
+    prev_loc = tf.pad(loc, [[0, 0], [1, 0], [0, 0]])[:, :-1]
+    prev_var = tf.pad(var, [[0, 0], [1, 0], [0, 0]])[:, :-1]
+    kl = 0.5 * (var + prev_var + tf.square(loc - prev_loc) - 1.0 - tf.math.log(tf.where(mask > 0, var, 1.0)))
+    return kl * mask
+
+
+def _storn_cell(kind, units, name):
+    if kind == "simple":
+        return keras.layers.SimpleRNNCell(units, name=name)
+    if kind == "lstm":
+        return keras.layers.LSTMCell(units, name=name)
+    return keras.layers.GRUCell(units, name=name)
+
+
+def _cell_state(kind, batch, units):
+    return cell_state("lstm" if kind == "lstm" else "gru", batch, units)
+
+
+def _run_cell(kind, cell, x, state):
+    return run_cell("lstm" if kind == "lstm" else "gru", cell, x, state)
+
+
+STORN_HPARAMS = head_hparams("bernoulli", 10) + (
+    HParam("latent_dims", "ints", [16], "Latent units per step of each layer (recurrent models: one layer)."),
+    HParam("rnn_units", "int", 128, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
+    HParam("mlp_hidden", "ints", [128], "Hidden ReLU layers of every MLP of a recurrent model."),
+    HParam("prior", "str", "wiener", "vosp/vrae: the latent prior: the Wiener process of STORN §3.3 (wiener) or "
+           "N(0, I) per step (normal).", choices=PRIORS),
+    HParam("storn_cell", "str", "simple", "vosp/vrae: the recurrent cell: simple (eq. 2's tanh RNN; the paper adds "
+           "fast dropout, not done here), lstm or gru.", choices=STORN_CELLS),
+)
+
+
+def _check_storn(name, hp):
+    if len(hp["latent_dims"]) != 1 or hp["latent_dims"][0] < 1:
+        raise HParamError(f"{name}: --latent_dims is one positive number (one latent layer), got {hp['latent_dims']}")
+    if hp["rnn_units"] < 1 or min(hp["mlp_hidden"], default=1) < 1:
+        raise HParamError(f"{name}: --rnn_units and --mlp_hidden entries must be >= 1")
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class VOSP(RecurrentModel):
+    """VOSP, STORN's variational one-step predictor (see the module docstring)."""
+
+    NAME = "vosp"
+    DESCRIPTION = "VOSP (Bayer & Osendorfer 2014): a recognition RNN, q(z_t | h_t), p(x_t | h_{t-1}, z_t)"
+    HPARAMS = STORN_HPARAMS
+
+    def __init__(self, input_dim, noise_seed=0, **kwargs):
+        super().__init__(input_dim, noise_seed=noise_seed, **kwargs)
+        hp = self.hparams
+        _check_storn(self.NAME, hp)
+        self.head_name = hp["head"]
+        self.z_dim, self.units, self.kind, self.wiener = (hp["latent_dims"][0], hp["rnn_units"], hp["storn_cell"],
+                                                          hp["prior"] == "wiener")
+        self.rnn = _storn_cell(self.kind, self.units, "rnn")
+        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, out_initializer="zeros", name="posterior")
+        self.emission_net = PointwiseMLP(hp["mlp_hidden"], name="emission")
+        self.head = make_model_head(self)
+
+    @property
+    def latent_dim(self):
+        return self.z_dim
+
+    def initial_state(self, batch):
+        return {**_cell_state(self.kind, batch, self.units), "z": tf.zeros(tf.stack([batch, self.z_dim]))}
+
+    def prior(self, state, prepared_t):
+        loc = state["z"] if self.wiener else tf.zeros_like(state["z"])  # Wiener: z_t = z_{t-1} + N(0, 1)
+        return tfd.Normal(loc, tf.ones_like(loc))
+
+    def _recognise(self, state, x_t):
+        return _run_cell(self.kind, self.rnn, x_t, {k: v for k, v in state.items() if k != "z"})
+
+    def posterior(self, state, prior, x_t, prepared_t):
+        return latent_normal(self.posterior_net(self._recognise(state, x_t)["h"]))
+
+    def emission(self, state, z, prepared_t):
+        return self.emission_net(tf.concat([state["h"], z], -1))
+
+    def transition(self, state, z, x_t, prepared_t):
+        return {**self._recognise(state, x_t), "z": z}
+
+    def analytic_kl(self, q_loc, q_scale, mask):
+        return [wiener_kl(q_loc, q_scale, mask)] if self.wiener else None
+
+
+@keras.saving.register_keras_serializable(package="tfhier")
+class VRAE(SequenceModel):
+    """VRAE, STORN §3.1's variational recurrent auto-encoder (see the module docstring)."""
+
+    NAME = "vrae"
+    DESCRIPTION = "VRAE (STORN §3.1): a latent sequence decoded by a bidirectional RNN; not autoregressive in x"
+    HPARAMS = STORN_HPARAMS
+    autoregressive = False
+
+    def __init__(self, input_dim, noise_seed=0, **kwargs):
+        super().__init__(input_dim, noise_seed=noise_seed, **kwargs)
+        hp = self.hparams
+        _check_storn(self.NAME, hp)
+        self.head_name = hp["head"]
+        self.z_dim, self.wiener = hp["latent_dims"][0], hp["prior"] == "wiener"
+
+        def birnn(name):
+            # Two named RNNs rather than keras.layers.Bidirectional, whose inner layers get process-dependent names
+            # (checkpoints are by variable path).
+            cells = [_storn_cell(hp["storn_cell"], hp["rnn_units"], f"{name}_{d}_cell") for d in ("fw", "bw")]
+            return (keras.layers.RNN(cells[0], return_sequences=True, name=f"{name}_fw"),
+                    keras.layers.RNN(cells[1], return_sequences=True, go_backwards=True, name=f"{name}_bw"))
+
+        self.recognition = birnn("recognition")
+        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, out_initializer="zeros", name="posterior")
+        self.generator = birnn("generator")
+        self.emission_net = PointwiseMLP(hp["mlp_hidden"], name="emission")
+        self.head = make_model_head(self)
+
+    @property
+    def latent_layer_names(self):
+        return ["z"]
+
+    @property
+    def latent_dims(self):
+        return [self.z_dim]
+
+    @staticmethod
+    def _bidirectional(pair, inputs, mask):
+        """Both directions over the real steps (padded ones skipped), concatenated: ``[B, T, 2 units]``."""
+        fw, bw = pair
+        m = tf.cast(mask, tf.bool)
+        out = tf.concat([fw(inputs, mask=m), tf.reverse(bw(inputs, mask=m), axis=[1])], axis=-1)
+        return out * tf.cast(mask, tf.float32)[..., None]
+
+    def _posterior(self, x, mask):
+        return latent_normal(self.posterior_net(self._bidirectional(self.recognition, x, mask)))
+
+    def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
+                observed_lengths=None) -> ModelOutput:
+        """One pass (see :class:`tfhier.models.base.SequenceModel` and the module docstring).  With
+        ``observed_lengths`` the recognition RNN sees the observed prefix only, z comes from the posterior
+        inside it and from the prior after it (a Wiener walk continues from the prefix's last latent)."""
+        if latents not in ("posterior", "prior"):
+            raise ValueError(f"latents must be 'posterior' or 'prior', got {latents!r}")
+        if observed_lengths is not None and latents != "prior":
+            raise ValueError("observed_lengths (priming) goes with latents='prior'")
+        mask = tf.cast(mask, tf.float32)
+        x = masked_inputs(x, mask)
+        b, t_len = tf.shape(x)[0], tf.shape(x)[1]
+        eps = tf.transpose(latent_noise(seed, 0, t_len, b, self.z_dim), [1, 0, 2])
+        if observed_lengths is not None:
+            seen = tf.sequence_mask(observed_lengths, t_len, dtype=tf.float32)
+            posterior = self._posterior(masked_inputs(x, seen), seen)
+        else:
+            seen = None
+            posterior = self._posterior(x, mask)
+        z_q = posterior.loc + posterior.scale * eps
+        if latents == "posterior":
+            z = z_q
+        else:
+            steps = temperature * eps
+            if seen is None:
+                z = tf.cumsum(steps, axis=1) if self.wiener else steps
+            else:
+                use_q = seen[..., None] > 0
+                if self.wiener:  # the walk from the last posterior latent: z_t = z_q[L-1] + sum_{L <= s <= t} eps_s
+                    walk = tf.cumsum(tf.where(use_q, 0.0, steps), axis=1)
+                    last_q = tf.gather(z_q, tf.maximum(tf.cast(observed_lengths, tf.int32) - 1, 0), batch_dims=1)
+                    z = tf.where(use_q, z_q, last_q[:, None] + walk)
+                else:
+                    z = tf.where(use_q, z_q, steps)
+        decoded = self._bidirectional(self.generator, z, mask)
+        eta = self.head(self.emission_net(decoded))
+        if self.wiener:
+            previous = tf.pad(z, [[0, 0], [1, 0], [0, 0]])[:, :-1]
+            prior = tfd.Normal(previous, tf.ones_like(z))
+            kl = [wiener_kl(posterior.loc, posterior.scale, mask)]
+        else:
+            prior = tfd.Normal(tf.zeros_like(z), tf.ones_like(z))
+            kl = None
+        return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta, posteriors=[posterior],
+                           priors=[prior], latents=[z], latent_masks=[mask], kl_elements=kl)
+
+    # -- generation: one decode, O(T) in all ---------------------------------------------------
+    def generate(self, num_samples, num_steps, seed, temperature=1.0):
+        return graph_call(self, "generate", lambda n, t, s, temp: self._decode_sample(
+            tf.zeros(tf.stack([n, t, self.input_dim])), tf.zeros([n], tf.int32), t, s, temp, primed=False),
+            num_samples, num_steps, seed, temperature)
+
+    def continue_sequences(self, prefix, prefix_lengths, num_steps, seed, temperature=1.0):
+        return graph_call(self, "continue", lambda p, pl, t, s, temp: self._decode_sample(
+            p, pl, t, s, temp, primed=True), prefix, prefix_lengths, num_steps, seed, temperature)
+
+    def _decode_sample(self, prefix, lengths, num_steps, seed, temperature, primed):
+        seed = tf.cast(seed, tf.int32)
+        prefix = tf.cast(prefix, tf.float32)
+        lengths = tf.cast(lengths, tf.int32)
+        num_steps = tf.cast(num_steps, tf.int32)
+        b, t0 = tf.shape(prefix)[0], tf.shape(prefix)[1]
+        total = t0 + num_steps if primed else num_steps
+        buffer = tf.pad(prefix, [[0, 0], [0, total - t0], [0, 0]]) if primed else prefix
+        out = self.forward(buffer, tf.ones(tf.stack([b, total])), seed=generation_latent_seed(seed), latents="prior",
+                           temperature=temperature, observed_lengths=lengths if primed else None)
+        eta = out.likelihood_params
+
+        def body(t, ta):
+            return t + 1, ta.write(t, self.sample_step(eta[:, t], output_step_seed(seed, t), temperature))
+
+        _, ta = tf.while_loop(lambda t, _: t < total, body,
+                              (tf.constant(0), tf.TensorArray(tf.float32, size=total,
+                                                              element_shape=tf.TensorShape([None, self.input_dim]))))
+        samples = tf.transpose(ta.stack(), [1, 0, 2])
+        return gather_continuations(samples, lengths, num_steps) if primed else samples
+
+
+__all__ = ["PRIORS", "STORN_CELLS", "VOSP", "VRAE", "wiener_kl"]
