@@ -41,6 +41,8 @@ flags.DEFINE_integer("seed", 0, "Seed of the latent samples.")
 flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints/ckpt-N), or 'best' (the "
                     "checkpoint with the best validation bound, R/best/); default: the latest.")
 flags.DEFINE_string("data_dir", None, "Overrides the run's --data_dir (if the data has moved since training).")
+flags.DEFINE_integer("plots", 0, "Also plot the first this many sequences: data, KL per step, predicted output "
+                     "log-variance, error of the predicted mean (VHRNN Figs. 2-4), to R/plots/ and TensorBoard.")
 
 
 SPLITS = ("train", "valid", "test")
@@ -90,14 +92,14 @@ def main(argv):
         report = evaluation.evaluate_run(
             FLAGS.run_dir, FLAGS.split, iw_samples=FLAGS.iw_samples, batch_size=FLAGS.batch_size,
             max_sequences=FLAGS.max_sequences, seed=FLAGS.seed, iw_chunk=FLAGS.iw_chunk,
-            fivo_particles=FLAGS.fivo_particles,
+            fivo_particles=FLAGS.fivo_particles, plots=FLAGS.plots,
             checkpoint=FLAGS.checkpoint, data_dir=FLAGS.data_dir, progress=progress)
     except (RunError, DataError, ValueError) as e:
         logging.flush()
         sys.exit(f"evaluate.py: error: {e}")
     print(evaluation.report_markdown(report), flush=True)
     json_path, md_path = evaluation.output_paths(FLAGS.run_dir, FLAGS.split)
-    print(f"written: {json_path}, {md_path}", flush=True)
+    print(f"written: {json_path}, {md_path}" + "".join(f", {p}" for p in report.get("plots", [])), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate (MS-STCN §4: 5e-4
 flags.DEFINE_integer("lr_decay_steps", 100_000, "Exponential decay: lr * rate^(step/decay_steps).")
 flags.DEFINE_float("lr_decay_rate", 0.5, "Exponential decay rate per --lr_decay_steps.")
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: none).")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per step; 0: plain Adam.")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
 flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation steps with XLA (on CPU no "
                      "faster than graph mode for MS-STCN and uses more memory, bench/train_step.py; try it on GPUs). "

@@ -186,3 +186,19 @@ def test_ablation_configs_are_the_papers():
         assert flags["strides"] == "1,1,1,1,1" and flags["channels"] == channels and flags["latent_dims"] == latents
     nolatents = parse_flags_text((REPO / "configs" / "speech_fw2_nolatents.cfg").read_text())
     assert nolatents["latents"] == "none" and nolatents["strides"] == "1,5,5,4,1"
+
+
+def test_input_dropout_acts_in_training_only_and_is_seeded():
+    from tfhier.models import MSSTCN
+
+    model = MSSTCN(3, head="handwriting", head_components=2, channels=[6, 6], latent_dims=[2, 2], strides=[1, 2],
+                   bu_dilations=[[1], [1]], td_blocks=1, input_dropout=0.5).build_for_data()
+    x = np.random.default_rng(0).normal(size=(2, 8, 3)).astype(np.float32)
+    mask = np.ones((2, 8), np.float32)
+    seed = tf.constant([1, 2])
+    run = lambda training, s=seed: model.forward(x, mask, seed=s, training=training).likelihood_params.numpy()  # noqa
+    np.testing.assert_array_equal(run(False), run(False))
+    np.testing.assert_array_equal(run(True), run(True))  # stateless: the same seed drops the same inputs
+    assert not np.allclose(run(True), run(False)) and not np.allclose(run(True), run(True, tf.constant([1, 3])))
+    with pytest.raises(ValueError, match="input_dropout"):
+        MSSTCN(3, input_dropout=1.0)

@@ -172,3 +172,37 @@ def test_vhrnn_synthetic_parameter_count_beside_the_papers():
                                                             "feature_units", "posterior", "hyper_units",
                                                             "hyper_hidden", "hyper_input")})
     assert model.build_for_data().count_params() == 1572
+
+
+def test_synthetic_table_and_diagnostic_plots(tmp_path):
+    """One command scores a run on the seven test settings; evaluate's plots write PNGs and TensorBoard images."""
+    import json
+
+    from tfhier import synthetic_table, training
+    from tfhier.data import load_dataset
+    from tfhier.evaluation import evaluate_run
+
+    data = load_dataset("vhrnn_synthetic", seed=3)
+    data.train, data.valid, data.test = data.train[:8], data.valid[:4], data.test[:4]
+    settings = training.TrainSettings(train_steps=2, batch_size=4, seq_len=30, eval_every=2, eval_batches=1,
+                                      log_every=1, checkpoint_every=2, num_samples=0, objective="fivo",
+                                      num_particles=2, verbose=0)
+    run = tmp_path / "run"
+    training.train(str(run), "vhrnn", dict(head="gaussian", latent_dims=[2], rnn_units=3, mlp_hidden=[4],
+                                           feature_units=3, hyper_units=2, hyper_hidden=4), data, settings,
+                   flags_text="--dataset=vhrnn_synthetic\n--seed=3\n")
+    out = tmp_path / "table"
+    synthetic_table.main([f"--run_dirs={run}", "--fivo_particles=2", "--batch_size=50", f"--out={out}",
+                          "--checkpoint=latest"])
+    report = json.loads((tmp_path / "table.json").read_text())
+    assert set(report["rows"][0]["bounds"]) == set(synthetic_table.SETTINGS) and report["rows"][0]["bound"] == "fivo"
+    assert all(np.isfinite(v) for v in report["rows"][0]["bounds"].values())
+    assert "| vhrnn (tfhier, FIVO, step 2) | 2 |" in (tmp_path / "table.md").read_text()
+    result = evaluate_run(str(run), "test", iw_samples=1, plots=2, max_sequences=2)
+    assert [p.endswith(f"test_{i}.png") for i, p in enumerate(result["plots"])] == [True, True]
+    assert (run / "plots" / "test_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "logs" / "evaluation"), size_guidance={"tensors": 0})
+    acc.Reload()
+    assert "diagnostics/test" in acc.Tags()["tensors"]

@@ -331,7 +331,7 @@ def output_paths(run_dir, split) -> tuple:
 def evaluate_run(run_dir, split: str = "test", *, iw_samples: int = 16, batch_size: int = 16,
                  max_sequences: int = 0, seed: int = 0, iw_chunk: int = 1, fivo_particles: Optional[int] = None,
                  checkpoint: Optional[str] = None,
-                 data_dir: Optional[str] = None, write: bool = True,
+                 data_dir: Optional[str] = None, write: bool = True, plots: int = 0,
                  progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Evaluates the run in ``run_dir`` on ``split``; writes ``R/eval_<split>.{json,md}`` when ``write``.
 
@@ -373,6 +373,8 @@ def evaluate_run(run_dir, split: str = "test", *, iw_samples: int = 16, batch_si
                   "active_units": ACTIVE_UNITS_DEFINITION}}
     if write:
         write_report(run_dir, split, report)
+    if plots:
+        report["plots"] = write_plots(run_dir, split, run.model, sequences, plots, seed)
     return report
 
 
@@ -415,6 +417,55 @@ def report_markdown(report: dict) -> str:
     definition = ACTIVE_UNITS_DEFINITION.replace("the threshold", str(report["active_units_threshold"]))
     lines += ["", f"Active unit: {definition}.", ""]
     return "\n".join(lines)
+
+
+def sequence_diagnostics(model, x, seed=0) -> dict:
+    """Per-step quantities of one sequence ``x`` [T, D] (posterior latents): ``kl`` [T] (the analytic KL of every
+    latent layer, layer steps spread over the data steps they serve), ``log_variance`` [T] (of the predicted
+    output distribution, mean over dimensions), ``l2`` [T] (distance of its mean from x) and ``x``."""
+    xb = tf.constant(np.asarray(x, np.float32)[None])
+    mask = tf.ones(tf.shape(xb)[:2])
+    out = model.forward(xb, mask, seed=elbo_seed(seed, 0))
+    terms = objectives.elbo_terms(out, xb, mask)
+    t_len = int(xb.shape[1])
+    kl = np.zeros(t_len)
+    for factor, elements in zip(model.latent_factors, terms.kl_elements):
+        per_layer_step = elements.numpy()[0].sum(-1)
+        kl += np.repeat(per_layer_step / factor, factor)[:t_len]
+    dist = out.likelihood
+    try:
+        mean, variance = dist.mean().numpy()[0], dist.variance().numpy()[0]
+    except (NotImplementedError, TypeError, ValueError):  # e.g. a Blockwise head: moments from samples
+        draws = dist.sample(64, seed=tf.constant([seed, 1], tf.int32)).numpy()[:, 0]
+        mean, variance = draws.mean(0), draws.var(0)
+    x = np.asarray(x, np.float64)
+    return {"x": x, "kl": kl, "log_variance": np.log(np.maximum(variance, 1e-12)).mean(-1),
+            "l2": np.sqrt(((mean - x) ** 2).sum(-1))}
+
+
+def write_plots(run_dir, split, model, sequences, count, seed=0) -> list:
+    """VHRNN Figs. 2-4-style plots of the first ``count`` sequences: ``R/plots/<split>_<i>.png`` and the same
+    images in TensorBoard (``R/logs/evaluation``, tag ``diagnostics/<split>``). Returns the PNG paths."""
+    from tfhier import plotting
+    from tfhier.fileio import atomic_write
+
+    paths, images = [], []
+    for i, seq in enumerate(sequences[:count]):
+        diag = sequence_diagnostics(model, seq, seed)
+        fig = plotting.diagnostics_figure(diag["x"], diag["kl"], diag["log_variance"], diag["l2"],
+                                          title=f"{model.NAME}, {split} sequence {i}")
+        path = os.path.join(run_dir, "plots", f"{split}_{i}.png")
+        atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+        paths.append(path)
+        images.append(plotting.figure_to_rgba(fig))
+    if images:
+        height = max(im.shape[0] for im in images)
+        batch = np.stack([np.pad(im, [(0, height - im.shape[0]), (0, 0), (0, 0)]) for im in images])
+        writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs", "evaluation"))
+        with writer.as_default(step=0):
+            tf.summary.image(f"diagnostics/{split}", batch, max_outputs=len(images))
+        writer.flush()
+    return paths
 
 
 def write_report(run_dir, split, report) -> tuple:

@@ -95,3 +95,37 @@ def _draw(ax, seq, offset_scale: float) -> None:
     ax.plot(xy[:, 0], xy[:, 1], color="black", linewidth=1.0, solid_capstyle="round")
     ax.set_aspect("equal", adjustable="datalim")
     ax.axis("off")
+
+
+def diagnostics_figure(x, kl_per_step, log_variance, l2_error, title=""):
+    """VHRNN Figs. 2-4's panels for one sequence: the data, the KL(q || p) per step, the predicted output
+    log-variance per step (mean over dimensions) and the L2 distance of the predicted mean from the data."""
+    fig = Figure(figsize=(FIGURE_WIDTH_IN, 7.5))
+    FigureCanvasAgg(fig)
+    steps = np.arange(len(kl_per_step))
+    panels = [("data", x), ("KL per step", kl_per_step), ("output log-var", log_variance),
+              ("|mean - x|", l2_error)]
+    for i, (label, values) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1)
+        values = np.asarray(values)
+        if values.ndim == 2:
+            for d in range(values.shape[1]):
+                ax.plot(steps, values[:, d], linewidth=0.8, label=f"x[{d}]" if values.shape[1] <= 8 else None)
+            if values.shape[1] <= 8:
+                ax.legend(loc="upper right", fontsize=6)
+        else:
+            ax.plot(steps, values, linewidth=0.9)
+        ax.set_ylabel(label, fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.axes[-1].set_xlabel("time step", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def figure_to_rgba(fig) -> np.ndarray:
+    """A drawn figure as a uint8 RGBA image [H, W, 4]."""
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()

@@ -52,6 +52,7 @@ class TrainSettings:
     lr_decay_steps: int = 100_000
     lr_decay_rate: float = 0.5
     clip_norm: float = 1.0
+    weight_decay: float = 0.0
     seed: int = 0
     objective: str = "elbo"
     num_particles: int = 4
@@ -88,7 +89,8 @@ class TrainSettings:
         for name in ("learning_rate", "lr_decay_rate"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
-        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs", "free_bits"):
+        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs", "free_bits",
+                     "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.beta_start <= 1.0:
@@ -203,8 +205,12 @@ def _write_flags(run_dir, flags_text, step):
 
 
 def make_optimizer(s: TrainSettings):
-    """Adam with an exponentially decaying learning rate (MS-STCN §4) and global-norm clipping."""
+    """Adam with an exponentially decaying learning rate (MS-STCN §4) and global-norm clipping; with
+    ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
     schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
+    if s.weight_decay:
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay,
+                                      global_clipnorm=s.clip_norm or None)
     return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=s.clip_norm or None)
 
 

@@ -66,7 +66,7 @@ import tensorflow as tf
 from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed,
                                 graph_call, head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs,
-                                output_step_seed, primed_latent_mask)
+                                output_step_seed, primed_latent_mask, stateless_seed)
 from tfhier.models.hparams import HParam
 
 
@@ -97,6 +97,8 @@ class MSSTCN(SequenceModel):
                choices=("transposed", "repeat")),
         HParam("latents", "str", "normal", "normal (the model) or none: the deterministic control of Table 1, the "
                "same network with the latent path removed (exact likelihood, no KL).", choices=("normal", "none")),
+        HParam("input_dropout", "float", 0.0, "msstcn: dropout rate of the data entering the bottom-up network in "
+               "training (the likelihood's targets stay whole): a regulariser for small data sets (ours)."),
     )
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
@@ -114,6 +116,7 @@ class MSSTCN(SequenceModel):
         self.downsampling = hp["downsampling"]
         self.upsampling = hp["upsampling"]
         self.use_latents = hp["latents"] == "normal"
+        self.input_dropout = hp["input_dropout"]
         self._validate()
 
         n = len(self.channels)
@@ -166,6 +169,8 @@ class MSSTCN(SequenceModel):
             raise ValueError("MS-STCN: --td_blocks and --kernel_size must be >= 1")
         if self.gen_post not in ("conditional", "plain"):
             raise ValueError(f"MS-STCN: --gen_post must be 'conditional' or 'plain', got {self.gen_post!r}")
+        if not 0.0 <= self.input_dropout < 1.0:
+            raise ValueError(f"MS-STCN: --input_dropout must be in [0, 1), got {self.input_dropout}")
         if self.downsampling not in ("strided", "sum_pool"):
             raise ValueError(f"MS-STCN: --downsampling must be 'strided' or 'sum_pool', got {self.downsampling!r}")
 
@@ -215,8 +220,11 @@ class MSSTCN(SequenceModel):
         y = tf.pad(masked_inputs(x, mask), [[0, 0], [0, t_pad - t], [0, 0]])
         lengths = tf.reduce_sum(mask, axis=-1)
 
-        # Bottom-up, eq. (8).
-        d = self.bottom_up_features(y)
+        # Bottom-up, eq. (8); input dropout (training only) is stateless, from the step's seed.
+        y_in = y
+        if training and self.input_dropout > 0:
+            y_in = tf.nn.experimental.stateless_dropout(y, self.input_dropout, seed=stateless_seed(seed, 7))
+        d = self.bottom_up_features(y_in)
 
         # Top-down, eqs. (9)-(13).
         n = len(d)
