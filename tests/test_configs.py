@@ -1,7 +1,5 @@
 """Every flagfile in configs/ parses with train.py's flags and builds its model."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,13 +14,9 @@ CONFIGS = sorted((REPO / "configs").glob("*.cfg"))
 
 
 def load_train_module():
-    name = "tfhier_train_cli"  # one name only: importing it twice would define its flags twice
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "train.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    import tfhier.cli.train
+
+    return tfhier.cli.train
 
 
 def test_configs_exist():

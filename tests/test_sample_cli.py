@@ -39,7 +39,7 @@ def sample_cli(*args):
 def test_writes_npz_png_and_json(run_dir):
     """One run (each costs ~15 s of imports and tracing here): primed, cached; the naive method and unprimed
     generation are compared in test_generation.py."""
-    out = Path(run_dir) / "samples" / "sample_5"  # the default --out
+    out = Path(run_dir) / "samples" / "sample_5_primed_test1"  # the default --out of a primed sample
     res = sample_cli(f"--run_dir={run_dir}", "--num_samples=2", "--num_steps=12", "--seed=5", "--temperature=0.7",
                      "--prime_split=test", "--prime_index=1", "--prime_steps=9")
     assert res.returncode == 0, res.stderr

@@ -17,16 +17,19 @@ from matplotlib.figure import Figure
 
 ROW_HEIGHT_IN = 1.6
 FIGURE_WIDTH_IN = 10.0
+PREFIX_COLOR = "tab:blue"  # a given prefix, in primed samples (the sampled continuation is black)
 
 
 def handwriting_figure(seqs: Sequence, offset_scale: float = 1.0,
-                       titles: Optional[Sequence[str]] = None) -> Figure:
+                       titles: Optional[Sequence[str]] = None, prefix_steps: int = 0) -> Figure:
     """One row per sequence, equal aspect, pen-up gaps left blank.
 
     Args:
       seqs: ``[T, 3]`` arrays (or tensors) of ``(dx, dy, pen)``.
       offset_scale: multiplies dx, dy back to data units (``info['offset_scale']``).
       titles: optional one title per sequence.
+      prefix_steps: the first this many steps of each row are a given prefix (primed sampling): drawn in
+        :data:`PREFIX_COLOR`, the continuation in black.
     """
     if len(seqs) == 0:
         raise ValueError("handwriting_figure: no sequences to draw")
@@ -36,7 +39,7 @@ def handwriting_figure(seqs: Sequence, offset_scale: float = 1.0,
     FigureCanvasAgg(fig)
     for row, seq in enumerate(seqs):
         ax = fig.add_subplot(len(seqs), 1, row + 1)
-        _draw(ax, seq, offset_scale)
+        _draw(ax, seq, offset_scale, prefix_steps)
         if titles is not None:
             ax.set_title(titles[row], fontsize=9)
     fig.tight_layout()
@@ -44,7 +47,7 @@ def handwriting_figure(seqs: Sequence, offset_scale: float = 1.0,
 
 
 def save_handwriting_png(seqs: Sequence, path, offset_scale: float = 1.0,
-                         titles: Optional[Sequence[str]] = None) -> Path:
+                         titles: Optional[Sequence[str]] = None, prefix_steps: int = 0) -> Path:
     """Writes :func:`handwriting_figure` to ``path`` atomically; returns the path.
 
     The PNG goes to a temporary file in the same folder first and is then
@@ -53,7 +56,7 @@ def save_handwriting_png(seqs: Sequence, path, offset_scale: float = 1.0,
     from tfhier.fileio import atomic_write
 
     path = Path(path)
-    fig = handwriting_figure(seqs, offset_scale, titles)
+    fig = handwriting_figure(seqs, offset_scale, titles, prefix_steps)
     atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     return path
 
@@ -90,8 +93,14 @@ def strokes_xy(seq, offset_scale: float = 1.0) -> np.ndarray:
     return np.insert(points, pen_up_after + 1, np.nan, axis=0)
 
 
-def _draw(ax, seq, offset_scale: float) -> None:
+def _draw(ax, seq, offset_scale: float, prefix_steps: int = 0) -> None:
     xy = strokes_xy(seq, offset_scale)
+    if prefix_steps > 0:
+        # The prefix's points are the first len(strokes_xy(prefix)) rows of the whole sequence's; the
+        # continuation starts at the prefix's last point, so the line joins where sampling began.
+        n = len(strokes_xy(np.asarray(seq)[:prefix_steps], offset_scale))
+        ax.plot(xy[:n, 0], xy[:n, 1], color=PREFIX_COLOR, linewidth=1.0, solid_capstyle="round")
+        xy = xy[n - 1:]
     ax.plot(xy[:, 0], xy[:, 1], color="black", linewidth=1.0, solid_capstyle="round")
     ax.set_aspect("equal", adjustable="datalim")
     ax.axis("off")

@@ -24,12 +24,17 @@ def waveforms(x, info):
     return np.stack([frames_to_waveform(frames, info) for frames in x])
 
 
-def save_samples(x, kind, info, stem):
-    """Saves samples ``x`` [N, T, D] as ``stem.npz`` plus the kind's own format; returns the main path."""
+def save_samples(x, kind, info, stem, prefix_steps: int = 0):
+    """Saves samples ``x`` [N, T, D] as ``stem.npz`` plus the kind's own format; returns the main path.
+
+    ``prefix_steps``: each row's first that many steps are a given prefix (primed sampling); handwriting
+    draws them in another colour, binary data marks where the continuation begins, the npz records it.
+    """
     x = np.asarray(x)
-    atomic_write(stem + ".npz", lambda p: np.savez(p, samples=x))
+    atomic_write(stem + ".npz", lambda p: np.savez(p, samples=x, prefix_steps=np.int64(prefix_steps)))
     if kind == "handwriting":
-        return str(plotting.save_handwriting_png(list(x), stem + ".png", float(info.get("offset_scale", 1.0))))
+        return str(plotting.save_handwriting_png(list(x), stem + ".png", float(info.get("offset_scale", 1.0)),
+                                                 prefix_steps=prefix_steps))
     if kind == "audio":
         import soundfile as sf
 
@@ -48,6 +53,8 @@ def save_samples(x, kind, info, stem):
         for i, seq in enumerate(x):
             ax = fig.add_subplot(len(x), 1, i + 1)
             ax.imshow(seq.T, aspect="auto", origin="lower", cmap="gray_r", interpolation="nearest")
+            if prefix_steps:
+                ax.axvline(prefix_steps - 0.5, color=plotting.PREFIX_COLOR, linewidth=1.5)
         return atomic_write(stem + ".png", lambda p: fig.savefig(p, format="png"))
     return stem + ".npz"
 

@@ -193,6 +193,25 @@ def _differences(old, new, prefix=""):
     return diffs
 
 
+def write_hparams(run_dir, config, settings: TrainSettings):
+    """The run's hyperparameters for TensorBoard's HParams dashboard (``R/logs``): the model's config and the
+    training settings, flattened to scalars; its metrics are the validation ``bounds/*`` tags, so runs of every
+    model and setting compare in one table (``tensorboard --logdir runs/``)."""
+    from tensorboard.plugins.hparams import api as hp
+
+    values = {"model": config["model"], "dataset": config["dataset"]}
+    for key, value in config["model_config"].items():
+        values[f"model.{key}"] = value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if isinstance(value, (int, float, str, bool)):
+            values[f"train.{field.name}"] = value
+    writer = tf.summary.create_file_writer(os.path.join(run_dir, "logs"))
+    with writer.as_default():
+        hp.hparams(values, trial_id=os.path.basename(os.path.abspath(run_dir)))
+    writer.flush()
+
+
 def _write_flags(run_dir, flags_text, step):
     """``flags.cfg`` holds the flags the run started with; a resume with other flags adds ``flags.step_N.cfg``."""
     path = os.path.join(run_dir, "flags.cfg")
@@ -336,12 +355,94 @@ def metric_tag(name):
     return name
 
 
-class TrainingMonitor(keras.callbacks.Callback):
-    """Writes TensorBoard scalars, checkpoints, samples; stops at ``train_steps`` or on repeated NaN.
+def _clock(seconds):
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
-    The progress bar shows Keras' running means since the epoch began; each
-    TensorBoard point is the mean over the last ``log_every`` steps, computed
-    from the metrics' running totals (so the metrics are never reset mid-epoch).
+
+class Progress:
+    """The console's view of training, in the run's own step count (not Keras' per-fit epochs).
+
+    ``verbose``: ``'auto'`` (a live line on a terminal, else ``2``), ``1`` (a
+    live line redrawn in place), ``2`` (one line per validation interval: for
+    log files, nohup and batch jobs), ``0`` (nothing).  Only a few numbers are
+    shown (loss, the bound per step, the total KL, steps/s, ETA), named as the
+    TensorBoard tags; everything else is in TensorBoard.
+    """
+
+    def __init__(self, total, verbose, bound="elbo", stream=None):
+        import sys
+
+        self.stream = stream or sys.stdout
+        if verbose == "auto":
+            verbose = 1 if getattr(self.stream, "isatty", lambda: False)() else 2
+        self.verbose = int(verbose)
+        self.total, self.bound = int(total), bound
+        self._start_time = self._start_step = None
+        self._last_draw = 0.0
+        self._live = False
+
+    def begin(self, step):
+        if self._start_time is None:
+            self._start_time, self._start_step = time.monotonic(), step
+
+    def _rate_eta(self, step):
+        elapsed = time.monotonic() - self._start_time
+        done = step - self._start_step
+        rate = done / elapsed if elapsed > 0 and done > 0 else 0.0
+        return rate, (self.total - step) / rate if rate else float("nan"), elapsed
+
+    def _numbers(self, logs, prefix=""):
+        keys = [("loss", "loss"), (f"neg_{self.bound}_per_step", f"neg_{self.bound}_per_step"), ("kl", "kl/total")]
+        return "  ".join(f"{prefix}{label} {float(logs[k]):.4g}" for k, label in keys if k in logs)
+
+    def step(self, step, logs):
+        if self.verbose != 1:
+            return
+        now = time.monotonic()
+        if now - self._last_draw < 0.25 and step < self.total:
+            return
+        self._last_draw = now
+        rate, eta, _ = self._rate_eta(step)
+        width = 24
+        filled = int(width * min(step / max(self.total, 1), 1.0))
+        bar = "=" * filled + (">" if filled < width else "") + "." * max(width - filled - 1, 0)
+        eta_text = _clock(eta) if eta == eta else "?"
+        line = (f"\rstep {step}/{self.total} [{bar}] {self._numbers(logs)}  {rate:.2f} steps/s  ETA {eta_text}")
+        self.stream.write(line.ljust(110))
+        self.stream.flush()
+        self._live = True
+
+    def interval(self, step, train_logs, valid_logs):
+        if self.verbose == 0:
+            return
+        rate, eta, elapsed = self._rate_eta(step)
+        text = f"step {step}/{self.total}  train: {self._numbers(train_logs)}"
+        if valid_logs:
+            text += f"  |  valid: {self._numbers(valid_logs)}"
+        text += f"  |  {rate:.2f} steps/s  elapsed {_clock(elapsed)}"
+        if step < self.total and eta == eta:
+            text += f"  ETA {_clock(eta)}"
+        self.message(text)
+
+    def message(self, text):
+        if self.verbose == 0:
+            return
+        if self._live:
+            self.stream.write("\n")
+            self._live = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+class TrainingMonitor(keras.callbacks.Callback):
+    """Writes TensorBoard scalars, checkpoints, samples and the console's progress; stops at ``train_steps`` or
+    on repeated NaN.
+
+    Each TensorBoard point is the mean over the last ``log_every`` steps,
+    computed from the metrics' running totals (so the metrics are never reset
+    mid-interval).  One ``fit`` call is one validation interval (see
+    :func:`train`); the console shows the run's own step count (:class:`Progress`).
     """
 
     def __init__(self, run_dir, settings: TrainSettings, checkpointer: Checkpointer, objective,
@@ -359,6 +460,8 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._last_step = None
         self._totals = {}
         self._last_save = time.monotonic()
+        self._began = False
+        self.progress = Progress(settings.train_steps, settings.verbose, objective.BOUND)
 
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
@@ -393,6 +496,7 @@ class TrainingMonitor(keras.callbacks.Callback):
             self.write_samples(step)
         if step >= self.s.train_steps:
             self.model.stop_training = True
+        self.progress.step(step, logs or {})
 
     def _interval_means(self):
         """Each metric's mean over the steps since the last call (or the epoch's start)."""
@@ -414,6 +518,8 @@ class TrainingMonitor(keras.callbacks.Callback):
         with self.train_writer.as_default(step=step):
             for name, value in self._interval_means().items():
                 tf.summary.scalar(metric_tag(name), value)
+                if name.endswith("_per_step"):  # the headline: comparable across splits and models
+                    tf.summary.scalar(f"bounds/{name}", value)
             tf.summary.scalar("learning_rate", lr)
             for name, value in self.objective.summary_scalars().items():
                 tf.summary.scalar(name, float(value.numpy()))
@@ -421,20 +527,24 @@ class TrainingMonitor(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         step = self._step()
-        val = {k[len("val_"):]: v for k, v in (logs or {}).items() if k.startswith("val_")}
+        logs = logs or {}
+        val = {k[len("val_"):]: v for k, v in logs.items() if k.startswith("val_")}
         if val:
             with self.valid_writer.as_default(step=step):
                 for name, value in val.items():
                     tf.summary.scalar(metric_tag(name), float(value))
+                    if name.endswith("_per_step"):  # the headline: comparable across splits and models
+                        tf.summary.scalar(f"bounds/{name}", float(value))
             self.valid_writer.flush()
             self.checkpointer.save_if_best(float(val[f"neg_{self.objective.BOUND}_per_step"]))
-
-    def on_train_end(self, logs=None):
-        if not self.failed:
-            self.checkpointer.save()
+        self.progress.interval(step, {k: v for k, v in logs.items() if not k.startswith("val_")}, val)
 
     def on_train_begin(self, logs=None):
         self._last_step = self._step()
+        self.progress.begin(self._last_step)
+        if self._began:
+            return
+        self._began = True
         if self.s.num_samples and self.s.sample_steps and not self.model.has_cached_generator:
             problem = naive_generation_problem(self.model, self.s.sample_steps, "training-time samples of")
             if problem:
@@ -454,7 +564,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         with self.train_writer.as_default(step=step):
             samples_lib.summarize_samples(x, self.data.kind, self.data.info)
         self.train_writer.flush()
-        print(f"\nstep {step}: samples written to {path}", flush=True)
+        self.progress.message(f"step {step}: samples written to {path}")
 
 
 class Preempted(Exception):
@@ -578,23 +688,32 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         return model, {}
 
     pad = model.time_multiple
-    train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
-                            augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
-                            static_shapes=settings.jit_compile)
     valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad,
                             static_shapes=settings.jit_compile)
     monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
-    # A Keras epoch is one validation interval (never longer than the whole run). One more epoch than needed
-    # makes up for skipped (non-finite) updates; the monitor stops at --train_steps.
-    steps_per_epoch = min(settings.eval_every, settings.train_steps)
-    epochs = math.ceil(settings.train_steps / steps_per_epoch) + 1
+    write_hparams(run_dir, config, settings)
     stop.model = model
     if stop.received is not None:
         raise Preempted(stop.received, step, None)
-    history = model.fit(train_ds, epochs=epochs, initial_epoch=step // steps_per_epoch,
-                        steps_per_epoch=steps_per_epoch, validation_data=valid_ds,
-                        validation_steps=settings.eval_batches or None, callbacks=[monitor],
-                        verbose=settings.verbose, shuffle=False)
+    # One fit() per validation interval, so validation falls on multiples of --eval_every also after a resume
+    # mid-interval, and the last, shorter interval is as long as it is. Each interval's data pipeline is seeded
+    # by the step it starts at (a resumed run continues with fresh, reproducible data order and crops).
+    history = {}
+    while step < settings.train_steps and not (monitor.failed or stop.received is not None):
+        boundary = min((step // settings.eval_every + 1) * settings.eval_every, settings.train_steps)
+        train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
+                                augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
+                                static_shapes=settings.jit_compile)
+        result = model.fit(train_ds, epochs=1, steps_per_epoch=boundary - step, validation_data=valid_ds,
+                           validation_steps=settings.eval_batches or None, callbacks=[monitor], verbose=0,
+                           shuffle=False)
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(values)
+        previous, step = step, checkpointer.step
+        if step == previous and not monitor.failed and stop.received is None:
+            continue  # every update of the interval was skipped (non-finite): the monitor counts them
+    if not monitor.failed:
+        checkpointer.save()
     if monitor.failed:
         raise FloatingPointError(
             f"training stopped at step {checkpointer.step}: {monitor.consecutive_nonfinite} consecutive non-finite "
@@ -605,4 +724,4 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         raise FloatingPointError(f"training stopped at step {checkpointer.step}, short of --train_steps="
                                  f"{settings.train_steps} ({monitor.consecutive_nonfinite} non-finite steps at the "
                                  f"end); the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")
-    return model, history.history
+    return model, history

@@ -1,0 +1,151 @@
+"""The Python API: a trained run as an object, for notebooks and scripts.
+
+    import tfhier
+
+    run = tfhier.load_run("runs/demo")                 # the best checkpoint (R/best), as evaluate.py --checkpoint=best
+    test = run.data.split("test")                      # list of [T, D] arrays, in the model's (normalised) units
+    bounds = run.score(test[:8], iw_samples=16)        # log p(x) lower bounds in nats, one per sequence
+    x = run.sample(num_samples=4, num_steps=400, seed=1)             # [4, 400, D]
+    y = run.continue_sequences(test[:2], num_steps=200, seed=1)      # [2, 200, D]: what follows each prefix
+    run.save_samples(x, "samples/mine")                # the run's kind of picture / audio, plus mine.npz
+    report = run.evaluate("test", iw_samples=64)       # the dict evaluate.py writes to eval_test.json
+
+Everything here is a thin layer over :mod:`tfhier.runs` (loading), :mod:`tfhier.evaluation` (bounds) and
+the model's own generation methods, so the numbers equal the command lines' for the same seeds.  Seeds are
+plain integers; sampling is stateless and reproducible on one machine (the same seed gives the same draw).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
+class LoadedRun:
+    """A run directory's model at one checkpoint, its configuration and (loaded when first used) its data.
+
+    Attributes:
+      run_dir, config (``config.json``), flags (``flags.cfg`` as a dict), model (a Keras model with the
+      checkpoint's weights), checkpoint (its path), step (its optimizer step).
+    """
+
+    def __init__(self, run_dir, checkpoint="best", data_dir: Optional[str] = None):
+        from tfhier import runs
+
+        self.run_dir = str(run_dir)
+        self.config = runs.read_config(run_dir)
+        self.flags = runs.read_flags(run_dir)
+        if checkpoint == "latest":
+            checkpoint = None
+        self.model, self.checkpoint, self.step = runs.load_model(run_dir, checkpoint, self.config)
+        self._data_dir = data_dir
+        self._data = None
+
+    def __repr__(self):
+        return (f"LoadedRun({self.run_dir!r}: {self.config['model']} on {self.config['dataset']}, "
+                f"step {self.step}, {self.checkpoint})")
+
+    @property
+    def data(self):
+        """The run's data set (a :class:`tfhier.data.base.SequenceData`), reloaded with its training flags and
+        checked against the facts saved at training time; ``data_dir`` given to :func:`load_run` overrides."""
+        if self._data is None:
+            from tfhier import runs
+
+            self._data = runs.load_run_data(self.run_dir, self.config, self.flags, data_dir=self._data_dir)
+        return self._data
+
+    @property
+    def kind(self) -> str:
+        """``'handwriting'``, ``'audio'``, ``'binary'`` or ``'real'``: what the sequences are."""
+        return self.config["kind"]
+
+    def score(self, sequences: Sequence, *, iw_samples: int = 1, seed: int = 0, batch_size: int = 16) -> np.ndarray:
+        """Lower bounds on log p(x) in nats, float64 ``[N]``, one per sequence of ``sequences`` (``[T_i, D]``
+        arrays of any lengths, in the model's units). ``iw_samples=1``: the ELBO; K > 1: the IWAE bound with K
+        importance samples (Burda et al. 2015), as ``evaluate.py --iw_samples=K``."""
+        from tfhier.evaluation import evaluate_sequences
+
+        result = evaluate_sequences(self.model, self._as_list(sequences, "sequences"), iw_samples=iw_samples,
+                                    batch_size=batch_size, seed=seed, fivo_particles=0)
+        return result.elbo if iw_samples == 1 else result.iwae
+
+    def sample(self, num_samples: int = 4, num_steps: int = 400, *, seed: int = 0,
+               temperature: float = 1.0) -> np.ndarray:
+        """Draws ``[num_samples, num_steps, D]`` from the model (its cached generator where it has one)."""
+        import tensorflow as tf
+
+        _positive("num_samples", num_samples)
+        _positive("num_steps", num_steps)
+        return self.model.generate(int(num_samples), int(num_steps), tf.constant([int(seed), 0], tf.int32),
+                                   float(temperature)).numpy()
+
+    def continue_sequences(self, prefixes: Sequence, num_steps: int, *, seed: int = 0,
+                           temperature: float = 1.0) -> np.ndarray:
+        """The ``num_steps`` steps that follow each prefix (``[T_i, D]`` arrays of any lengths):
+        ``[len(prefixes), num_steps, D]``. Latents the prefix covers come from the posterior."""
+        import tensorflow as tf
+
+        prefixes = self._as_list(prefixes, "prefixes")
+        _positive("num_steps", num_steps)
+        lengths = np.array([len(p) for p in prefixes], np.int32)
+        padded = np.zeros([len(prefixes), int(lengths.max()), prefixes[0].shape[-1]], np.float32)
+        for i, p in enumerate(prefixes):
+            padded[i, :len(p)] = p
+        return self.model.continue_sequences(padded, lengths, int(num_steps), tf.constant([int(seed), 0], tf.int32),
+                                             float(temperature)).numpy()
+
+    def evaluate(self, split: str = "test", *, iw_samples: int = 16, max_sequences: int = 0, seed: int = 0,
+                 batch_size: int = 16, fivo_particles: Optional[int] = None, write: bool = False) -> dict:
+        """The report ``evaluate.py`` prints and writes (ELBO, IWAE, FIVO where the model has it, KL per layer,
+        active units) for this checkpoint on ``split``; ``write=True`` also writes ``R/eval_<split>.{json,md}``."""
+        from tfhier import evaluation
+
+        return evaluation.evaluate_run(self.run_dir, split, iw_samples=iw_samples, batch_size=batch_size,
+                                       max_sequences=max_sequences, seed=seed, fivo_particles=fivo_particles,
+                                       checkpoint=self.checkpoint, data_dir=self._data_dir, write=write)
+
+    def save_samples(self, x, stem, *, prefix_steps: int = 0) -> str:
+        """Writes samples ``x`` [N, T, D] as ``stem.npz`` plus the run's own format (PNG for handwriting and
+        binary data, WAV for audio); with ``prefix_steps``, the first that many steps of each row are drawn as
+        the given prefix (another colour). Returns the main file's path."""
+        import os
+
+        from tfhier import samples
+
+        folder = os.path.dirname(str(stem))
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        return str(samples.save_samples(np.asarray(x), self.kind,
+                                        self.config.get("data_info", {}), str(stem), prefix_steps=prefix_steps))
+
+    @staticmethod
+    def _as_list(sequences, name):
+        if isinstance(sequences, np.ndarray) and sequences.ndim == 2:
+            sequences = [sequences]
+        out = [np.asarray(s, np.float32) for s in sequences]
+        if not out:
+            raise ValueError(f"{name}: no sequences given")
+        bad = [i for i, s in enumerate(out) if s.ndim != 2 or len(s) == 0]
+        if bad:
+            raise ValueError(f"{name}[{bad[0]}]: expected a non-empty [T, D] array, got shape {out[bad[0]].shape}")
+        return out
+
+
+def _positive(name, value):
+    if int(value) != value or int(value) < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def load_run(run_dir, checkpoint: str = "best", *, data_dir: Optional[str] = None) -> LoadedRun:
+    """Loads the run in ``run_dir`` at ``checkpoint``: ``'best'`` (the best validation bound, ``R/best``),
+    ``'latest'`` (``R/checkpoints``) or a checkpoint path prefix (``R/checkpoints/ckpt-N``). ``data_dir``
+    overrides the run's ``--data_dir`` (data moved since training). Raises ``tfhier.runs.RunError`` (a
+    ValueError naming the file) when the run or checkpoint cannot be used."""
+    return LoadedRun(run_dir, checkpoint, data_dir)
+
+
+__all__ = ["LoadedRun", "load_run"]

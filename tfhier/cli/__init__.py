@@ -1,0 +1,56 @@
+"""tfhier's command lines, also runnable from an installed package.
+
+    python -m tfhier.cli.train --flagfile=configs/demo.cfg     (or: tfhier-train ..., or python train.py ...)
+    python -m tfhier.cli.evaluate --run_dir=R                  (tfhier-evaluate, python evaluate.py)
+    python -m tfhier.cli.sample --run_dir=R                    (tfhier-sample, python sample.py)
+    python -m tfhier.cli.export --run_dir=R --export_base=E    (tfhier-export, python export/export.py)
+
+The scripts in the repository root are thin wrappers over these modules.  This package module imports
+no TensorFlow, so that :func:`tfhier.quiet.install` runs before TensorFlow's C++ runtime first writes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def start(module_name: str):
+    """Runs the command line ``module_name`` (e.g. ``tfhier.cli.train``) under absl's ``app.run``.
+
+    Its flags are registered as key flags of the running script as well, so ``--help`` lists them
+    whether the script is ``train.py``, ``tfhier-train`` or ``python -m tfhier.cli.train``.
+    """
+    from tfhier import quiet
+
+    quiet.install()
+    module = importlib.import_module(module_name)
+    from absl import app, flags
+
+    main = sys.modules.get("__main__")
+    if main is not None and main is not module:
+        main.__doc__ = module.__doc__  # absl's --help prints the main module's docstring
+    main_name = sys.argv[0]
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(main_name, flag)
+    app.run(module.main, flags_parser=getattr(module, "parse_flags", app.parse_flags_with_usage))
+
+
+def train():
+    """``tfhier-train``."""
+    start("tfhier.cli.train")
+
+
+def evaluate():
+    """``tfhier-evaluate``."""
+    start("tfhier.cli.evaluate")
+
+
+def sample():
+    """``tfhier-sample``."""
+    start("tfhier.cli.sample")
+
+
+def export():
+    """``tfhier-export``."""
+    start("tfhier.cli.export")

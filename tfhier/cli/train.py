@@ -1,0 +1,183 @@
+"""Trains a tfhier model.
+
+    python train.py --flagfile=configs/demo.cfg
+    python train.py --flagfile=configs/iam.cfg --data_dir=/data/IAM-OnDB --run_dir=runs/iam
+
+Later flags override the flagfile.  Rerunning with the same --run_dir resumes
+from its latest checkpoint.  See README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":  # python -m tfhier.cli.train: filter stderr before TensorFlow loads
+    from tfhier import quiet
+
+    quiet.install()
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import warnings  # noqa: E402
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+from absl import app, flags, logging  # noqa: E402
+
+from tfhier.data import DATASETS  # noqa: E402
+from tfhier.models import MODELS  # noqa: E402
+from tfhier.models import define_flags as define_model_flags  # noqa: E402
+from tfhier.objectives import KL_REGULARIZERS, OBJECTIVES  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+# What and where.
+flags.DEFINE_enum("model", "msstcn", sorted(MODELS), "Model to train: " + "; ".join(
+    f"{name}: {cls.DESCRIPTION}" for name, cls in sorted(MODELS.items())) + ".")
+flags.DEFINE_enum("dataset", "hershey", list(DATASETS), "Data source (hershey is embedded: no download).")
+flags.DEFINE_string("data_dir", None, "Downloaded data: a directory (iam_ondb, audio) or file (polyphonic pickle, "
+                    "mnist npz).")
+flags.DEFINE_string("run_dir", "runs/demo", "Checkpoints, TensorBoard logs, flags and samples go here.")
+
+# Training.
+flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps (a resumed run continues to this count).")
+flags.DEFINE_integer("batch_size", 32, "Global batch size (sequences).")
+flags.DEFINE_integer("seq_len", 1024, "Training sequences longer than this are cut to a random window of it.")
+flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate (MS-STCN §4: 5e-4).")
+flags.DEFINE_integer("lr_decay_steps", 100_000, "Exponential decay: lr * rate^(step/decay_steps).")
+flags.DEFINE_float("lr_decay_rate", 0.5, "Exponential decay rate per --lr_decay_steps.")
+flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: none).")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per step; 0: plain Adam.")
+flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
+flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation steps with XLA (on CPU no "
+                     "faster than graph mode for MS-STCN and uses more memory, bench/train_step.py; try it on GPUs). "
+                     "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
+
+# Objective.
+flags.DEFINE_enum("objective", "elbo", list(OBJECTIVES), "Training objective: elbo (with --kl_regularizer), iwae "
+                  "(Burda et al. 2015, --num_particles samples) or fivo (Maddison et al. 2017, --num_particles "
+                  "particles; models with the recurrent step interface).")
+flags.DEFINE_integer("num_particles", 4, "iwae: importance samples K; fivo: particles K per sequence.")
+flags.DEFINE_float("resampling_threshold", 0.5, "fivo: resample when the effective sample size falls below this "
+                   "fraction of --num_particles.")
+flags.DEFINE_enum("kl_regularizer", "linear_free_bits", list(KL_REGULARIZERS),
+                  "elbo: KL term: linear free bits (MS-STCN eq. 16), free bits (eq. 15), beta annealing, or none.")
+flags.DEFINE_float("free_bits", 0.5, "Initial free-bits threshold lambda, nats per latent unit and step.")
+flags.DEFINE_integer("free_bits_halving_steps", 300_000, "lambda halves every this many steps (smoothly).")
+flags.DEFINE_float("beta_start", 0.0, "KL annealing: initial KL weight.")
+flags.DEFINE_integer("anneal_steps", 10_000, "KL annealing: steps for the KL weight to reach 1.")
+
+# Logging.
+flags.DEFINE_integer("eval_every", 500, "Validation ELBO every this many steps (a Keras 'epoch').")
+flags.DEFINE_integer("eval_batches", 0, "Validation batches per evaluation (0: the whole split).")
+flags.DEFINE_integer("log_every", 50, "TensorBoard scalars every this many steps (means over them).")
+flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every this many steps (and at the end).")
+flags.DEFINE_float("checkpoint_secs", 600.0, "Also checkpoint when this many seconds passed since the last one "
+                   "(0: only by steps).")
+flags.DEFINE_integer("sample_every", 1000, "Generate and plot samples every this many steps.")
+flags.DEFINE_integer("num_samples", 4, "Samples per plot (0: none).")
+flags.DEFINE_integer("sample_steps", 400, "Time steps per sample.")
+flags.DEFINE_integer("max_nonfinite_steps", 10, "Stop after this many consecutive non-finite losses.")
+flags.DEFINE_boolean("allow_data_change", False, "Resume a run on data whose facts (sizes, normalisation) differ "
+                     "from the ones it was trained on (refused otherwise).")
+flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"],
+                  "Keras progress display: 1 progress bar, 2 one line per validation interval (for log files), 0 none.")
+
+# Data options.
+flags.DEFINE_integer("sample_rate", 16000, "audio: resample to this rate (Hz).")
+flags.DEFINE_integer("frame_width", 200, "audio: waveform samples per time step.")
+flags.DEFINE_integer("num_lines", 2000, "hershey: training lines to render.")
+flags.DEFINE_string("synthetic_setting", "train", "vhrnn_synthetic: which test setting forms the test split.")
+flags.DEFINE_enum("offset_scale", "std", ["std", "chung2015"], "iam_ondb: divide offsets by the pooled std of dx, dy "
+                  "(std) or by the MS-STCN authors' X_std (chung2015, ~sqrt(2) x std: bounds 2 ln(ratio) ~ 0.69 nats "
+                  "per step lower).")
+flags.DEFINE_enum("framing", "consecutive", ["consecutive", "authors"], "audio: consecutive samples in a step (the "
+                  "papers) or the MS-STCN authors' channels-first reshape of each 0.5 s row.")
+
+flags.DEFINE_string("model_config", None, "Model hyperparameters as a JSON object (or the path of a JSON file), "
+                    "e.g. '{\"channels\": [32, 32]}'; overrides the model flags below.")
+
+# Model hyperparameters: each model declares its own (tfhier/models/*.py HPARAMS); a flag shared by several models
+# means the same in each. A model's flag given to a model that does not use it is an error.
+_OWN_FLAGS = {name for name in FLAGS}
+#: the module absl files this script's flags under (the script's path when it runs as __main__)
+FLAGS_MODULE = sys.argv[0] if __name__ == "__main__" else __name__
+define_model_flags(FLAGS, module_name=FLAGS_MODULE, reserved=_OWN_FLAGS)
+
+
+def flags_text() -> str:
+    """This script's flags as a flagfile (one --name=value per line)."""
+    own = FLAGS.get_key_flags_for_module(FLAGS_MODULE)
+    return "".join(f.serialize() + "\n" for f in sorted(own, key=lambda f: f.name) if f.serialize())
+
+
+def model_config_from_flags(feature_dim, kind) -> dict:
+    """The model's hyperparameters from the flags, checked by building the model (no weights, no data)."""
+    from tfhier.models import build_model, config_from_flags
+
+    config = config_from_flags(FLAGS.model, FLAGS, kind, FLAGS.model_config)
+    build_model(FLAGS.model, feature_dim, config)  # raises on an unusable combination, naming the flag
+    return config
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from tfhier import training
+    from tfhier.data import DataError, dataset_shape, load_dataset
+
+    # TF's own INFO lines (checkpoint sharding etc.) drown the progress bar; --verbosity=0 brings them back.
+    # Set after importing TF, which resets the level.
+    if not FLAGS["verbosity"].present:  # (absl sets its value when it installs its handler: "present" tells)
+        import logging as std_logging
+
+        logging.set_verbosity(logging.WARNING)
+        logging.get_absl_handler().setLevel(std_logging.WARNING)
+
+    settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
+                                         for f in training.dataclasses.fields(training.TrainSettings)})
+    settings.verbose = "auto" if FLAGS.verbose == "auto" else int(FLAGS.verbose)
+    try:
+        # Every flag is checked before any data is read.
+        settings.validate()
+        if settings.objective != "elbo":
+            given = [n for n in ("kl_regularizer", "free_bits", "free_bits_halving_steps", "beta_start", "anneal_steps")
+                     if FLAGS[n].present]
+            if given:
+                raise ValueError(f"--{given[0]} is a setting of --objective=elbo; --objective={settings.objective} "
+                                 f"does not use it")
+        kind, feature_dim = dataset_shape(FLAGS.dataset, FLAGS.frame_width)
+        model_config = model_config_from_flags(feature_dim, kind)
+        from tfhier.models import build_model
+
+        training.make_objective(settings).check(build_model(FLAGS.model, feature_dim, model_config))
+        data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
+                            frame_width=FLAGS.frame_width, num_lines=FLAGS.num_lines,
+                            setting=FLAGS.synthetic_setting, offset_scale=FLAGS.offset_scale, framing=FLAGS.framing)
+        print(f"{FLAGS.dataset}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
+              f"sequences of {data.feature_dim}-d steps", flush=True)
+        model_config["noise_seed"] = FLAGS.seed
+        training.train(FLAGS.run_dir, FLAGS.model, model_config, data, settings, flags_text=flags_text(),
+                       allow_data_change=FLAGS.allow_data_change)
+    except training.Preempted as e:
+        logging.flush()
+        print(f"train.py: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_status)
+    except KeyboardInterrupt:  # before training began: nothing to save
+        sys.exit("train.py: interrupted before training began; nothing was written")
+    except (DataError, training.RunDirError, ValueError, FloatingPointError) as e:
+        logging.flush()
+        sys.exit(f"train.py: error: {e}")
+    print(f"done: {FLAGS.run_dir}", flush=True)
+
+
+def run():
+    """The console entry point (``tfhier-train``)."""
+    from tfhier.cli import start
+
+    start(__name__)
+
+
+if __name__ == "__main__":
+    run()
