@@ -1,4 +1,4 @@
-"""The shared training step under tf.distribute.MirroredStrategy (2 logical CPU devices).
+"""Training under tf.distribute.MirroredStrategy (2 logical CPU devices) is one device's training.
 
 Run in a subprocess: logical devices must be configured before TensorFlow
 initialises, which other tests in this process have already done.
@@ -52,3 +52,85 @@ def test_mirrored_training_step_applies_and_skips_nonfinite_on_all_replicas():
     assert float(moved) > 0  # a finite step updates the mirrored weights
     assert float(moved_nan) == 0.0  # a NaN on one replica skips the update everywhere
     assert int(iterations) == 1
+
+
+# ------------------------------------------------------------------------- N replicas == one device
+
+EQUALITY = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    from tfhier import training
+    from tfhier.data.hershey import make_hershey_handwriting
+
+    strategy = training.make_strategy("mirrored", cpu_devices=2)
+    assert strategy.num_replicas_in_sync == 2
+    root = sys.argv[1]
+    data = make_hershey_handwriting(num_train=12, num_valid=5, num_test=2, seed=1)  # 5: an uneven last batch
+    CASES = {
+        "msstcn": ("msstcn", dict(head="handwriting", head_components=2, channels=[8, 8], latent_dims=[2, 2],
+                                  strides=[1, 2], bu_dilations=[[1, 2], [1]], td_blocks=1, kernel_size=2,
+                                  input_dropout=0.2), dict(objective="elbo")),
+        "stcn": ("stcn", dict(head="handwriting", head_components=2, channels=[8, 6], dilations=[1, 2],
+                              latent_dims=[2, 3], latent_hidden=[8], output_hidden=[8]), dict(objective="iwae",
+                                                                                              num_particles=2)),
+        "vrnn": ("vrnn", dict(head="handwriting", head_components=2, latent_dims=[3], rnn_units=5, mlp_hidden=[6],
+                              feature_units=4), dict(objective="fivo", num_particles=3)),
+    }
+
+    def settings(steps, **kw):
+        return training.TrainSettings(train_steps=steps, batch_size=4, seq_len=24, eval_every=3, eval_batches=0,
+                                      log_every=1, checkpoint_every=1, sample_every=1000, clip_norm=0.5,
+                                      free_bits_halving_steps=10, verbose=0, **kw)
+
+    def weights(model):
+        return {v.path: v.numpy() for v in model.weights}
+
+    def compare(a, b):
+        return max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+
+    out, reference = {}, {}
+    for case, (name, config, objective) in CASES.items():
+        one, h1 = training.train(f"{root}/{case}_one", name, config, data, settings(5, **objective))
+        reference[case] = weights(one)
+        two, h2 = training.train(f"{root}/{case}_two", name, config, data, settings(5, **objective),
+                                 strategy=strategy)
+        keys = sorted(set(h1) & set(h2))
+        out[case] = {"weights": compare(weights(one), weights(two)),
+                     "metrics": max(abs(float(a) - float(b)) / max(1.0, abs(float(a)))
+                                    for k in keys for a, b in zip(h1[k], h2[k])),
+                     "worst": max(keys, key=lambda k: max(abs(float(a) - float(b)) / max(1.0, abs(float(a)))
+                                                          for a, b in zip(h1[k], h2[k]))),
+                     "keys": keys, "grad_norm": [float(v) for v in h1["grad_norm"]]}
+    # A checkpoint written under 2 replicas resumes under 1 and under 2.
+    name, config, objective = CASES["msstcn"]
+    training.train(f"{root}/resume_1", name, config, data, settings(3), strategy=strategy)
+    one, _ = training.train(f"{root}/resume_1", name, config, data, settings(5))
+    training.train(f"{root}/resume_2", name, config, data, settings(3), strategy=strategy)
+    two, _ = training.train(f"{root}/resume_2", name, config, data, settings(5), strategy=strategy)
+    # (The reference: one device's 5 steps above, trained in the same two intervals, [0, 3) and [3, 5).)
+    out["resume"] = {"under_1": compare(reference["msstcn"], weights(one)),
+                     "under_2": compare(reference["msstcn"], weights(two))}
+    print("RESULT " + json.dumps(out))
+""")
+
+
+def test_two_replicas_train_exactly_as_one_device(tmp_path):
+    """MS-STCN (ELBO, input dropout), STCN (IWAE) and VRNN (FIVO): 5 steps with gradient clipping active on 2
+    mirrored logical CPUs give the weights, bounds, per-layer KLs and gradient norms of one device on the same
+    global batches; a checkpoint of 2 replicas resumes under 1 and under 2 to what one device reaches."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", EQUALITY, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                         timeout=900)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+    assert lines, out.stderr[-4000:]
+    result = json.loads(lines[0][len("RESULT "):])
+    for case in ("msstcn", "stcn", "vrnn"):
+        r = result[case]
+        assert r["weights"] < 1e-5, (case, r)
+        assert r["metrics"] < 1e-5, (case, r)
+        assert {"grad_norm", "val_neg_elbo_per_step"} <= set(r["keys"]), r["keys"]
+        assert any(k.startswith("val_kl_") for k in r["keys"]), r["keys"]
+        assert max(r["grad_norm"]) > 0.5  # clipping was active: a per-replica clip would have differed
+    assert result["resume"]["under_1"] < 1e-5 and result["resume"]["under_2"] < 1e-5, result["resume"]

@@ -286,8 +286,11 @@ class IWAE(Objective):
     def compute(self, model, x, mask, seed, training=False):
         k = self.num_samples
         b = tf.shape(x)[0]
+        from tfhier.models.base import tiled_rows
+
         xt, mt = tf.tile(x, [k, 1, 1]), tf.tile(mask, [k, 1])
-        out = model.forward(xt, mt, seed=seed, training=training)
+        with tiled_rows(k):  # (the noise of row k*B + b is sample k's of sequence b, on any number of replicas)
+            out = model.forward(xt, mt, seed=seed, training=training)
         log_w = tf.reshape(log_importance_weight(out, xt, mt), [k, b])
         bound = iwae_bound(log_w)
         terms = elbo_terms(out, xt, mt)
@@ -393,7 +396,7 @@ def particle_filter(propose_and_weight, initial_state, mask, num_particles, resa
 
     Returns ``(log p_hat [B], number of resampling steps [B], kl summed over time, mean over particles [B])``.
     """
-    from tfhier.models.base import stateless_seed
+    from tfhier.models.base import replica_categorical, stateless_seed
 
     k = int(num_particles)
     mask = tf.cast(mask, tf.float32)
@@ -410,8 +413,8 @@ def particle_filter(propose_and_weight, initial_state, mask, num_particles, resa
               & tf.gather(next_valid, t, axis=1))
         log_p_hat = log_p_hat + tf.where(do, tf.reduce_logsumexp(log_w, 0) - log_k, 0.0)
         # Ancestors carry no gradient: the resampling decisions' score-function term is dropped.
-        ancestors = tf.random.stateless_categorical(tf.transpose(tf.stop_gradient(log_w)), k,
-                                                    seed=stateless_seed(seed, 2, t), dtype=tf.int32)  # [B, K]
+        ancestors = replica_categorical(tf.transpose(tf.stop_gradient(log_w)), k,
+                                        stateless_seed(seed, 2, t))  # [B, K]
         ancestors = tf.where(do[:, None], ancestors, tf.range(k)[None, :])
         flat = tf.reshape(tf.transpose(ancestors) * b + rows[None, :], [-1])  # new row k*B+b <- old row a*B+b
         state = tf.nest.map_structure(lambda v: tf.gather(v, flat), state)
@@ -427,7 +430,7 @@ def particle_filter(propose_and_weight, initial_state, mask, num_particles, resa
 def fivo_bound(model, x, mask, seed, num_particles, resampling_threshold=0.5, training=False):
     """The FIVO bound of each sequence (see :class:`FIVO`): ``(log p_hat [B], resampling steps [B],
     analytic KL(q || p) summed over time, mean over particles [B])``."""
-    from tfhier.models.base import latent_noise, masked_inputs
+    from tfhier.models.base import latent_noise, masked_inputs, tiled_rows
 
     k = int(num_particles)
     x = masked_inputs(x, mask)
@@ -435,7 +438,8 @@ def fivo_bound(model, x, mask, seed, num_particles, resampling_threshold=0.5, tr
     b, t_len = tf.shape(x)[0], tf.shape(x)[1]
     xk, mk = tf.tile(x, [k, 1, 1]), tf.tile(mask, [k, 1])  # particle-major rows k*B + b
     prepared = model.prepare(xk, mk)
-    eps = latent_noise(seed, 0, t_len, k * b, model.latent_dim)
+    with tiled_rows(k):
+        eps = latent_noise(seed, 0, t_len, k * b, model.latent_dim)
 
     def propose_and_weight(state, t):
         x_t = tf.gather(xk, t, axis=1)

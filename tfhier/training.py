@@ -233,6 +233,76 @@ def make_optimizer(s: TrainSettings):
     return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=s.clip_norm or None)
 
 
+STRATEGIES = ("default", "mirrored")
+
+
+def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.distribute.Strategy]:
+    """The ``tf.distribute`` strategy ``train.py --strategy`` names (None for ``default``: one device).
+
+    ``cpu_devices`` > 1 splits the CPU into that many logical devices first
+    (before TensorFlow initialises its devices), so that ``mirrored`` runs on N
+    "devices" of one CPU: how distributed training is tested without GPUs.
+    ``mirrored``: ``MirroredStrategy`` over every GPU, else over the logical CPUs.
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"--strategy={name}: expected one of {', '.join(STRATEGIES)}")
+    if int(cpu_devices) < 0:
+        raise ValueError(f"--cpu_devices={cpu_devices}: expected a number of logical CPU devices >= 0")
+    if int(cpu_devices) > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * int(cpu_devices))
+        except RuntimeError:  # already initialised: only an equal split is acceptable
+            if len(tf.config.list_logical_devices("CPU")) != int(cpu_devices):
+                raise ValueError(f"--cpu_devices={cpu_devices}: TensorFlow's devices are already initialised with "
+                                 f"{len(tf.config.list_logical_devices('CPU'))} CPU devices") from None
+    if name == "default":
+        return None
+    devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+    devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices)
+
+
+def check_batch_for(strategy, settings: TrainSettings):
+    """The global batch must split evenly over the replicas (each replica then holds ``batch_size / N`` consecutive
+    sequences of it; see :func:`tfhier.models.base.replica_rows`). Validation's last, smaller batch may split
+    unevenly: its metrics are weighted by sequences and steps, so they stay those of the whole split."""
+    n = strategy.num_replicas_in_sync if strategy is not None else 1
+    if settings.batch_size % n:
+        raise ValueError(f"--batch_size={settings.batch_size} does not split evenly over the {n} replicas of the "
+                         f"strategy (give a multiple of {n})")
+
+
+def fill_batch(x, mask, batch_size):
+    """A last, smaller validation batch filled up to ``batch_size`` with step-less sequences (mask 0), which
+    count in no metric (``SequenceModel.test_step``): under N replicas every replica then gets
+    ``batch_size / N`` rows, and every sequence's latent noise is that of its row of a full batch, so the
+    validation numbers of N replicas are exactly one device's."""
+    missing = batch_size - tf.shape(x)[0]
+    return (tf.pad(x, [[0, missing], [0, 0], [0, 0]]), tf.pad(mask, [[0, missing], [0, 0]]))
+
+
+def distribute(strategy, dataset, batch_size):
+    """``dataset`` (global batches) as the strategy's replicas take it: replica r gets rows
+    ``[r * B/N, (r + 1) * B/N)`` of each global batch, the batch itself unchanged.
+
+    (``strategy.experimental_distribute_dataset``, what Keras would call, rewrites the pipeline's batch
+    size to B/N instead, which regroups bucketed and shuffled batches: the replicas would then see other
+    sequences than one device does.) With one replica, ``dataset`` itself.
+    """
+    n = strategy.num_replicas_in_sync if strategy is not None else 1
+    if n == 1:
+        return dataset
+    local = batch_size // n
+
+    def split(x, mask):
+        parts = lambda v: tf.reshape(v, tf.concat([[n, local], tf.shape(v)[1:]], 0))  # noqa: E731
+        return tf.data.Dataset.from_tensor_slices((parts(x), parts(mask)))
+
+    per_replica = dataset.flat_map(split)  # consecutive elements go to consecutive replicas
+    return strategy.distribute_datasets_from_function(lambda context: per_replica)
+
+
 def make_objective(s: TrainSettings):
     return objectives.make_objective(s.objective, kl_regularizer=s.kl_regularizer, free_bits=s.free_bits,
                                      free_bits_halving_steps=s.free_bits_halving_steps, beta_start=s.beta_start,
@@ -637,6 +707,7 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
     The run directory is locked (:class:`tfhier.rundir.RunLock`) for the whole call.
     """
     settings.validate()
+    check_batch_for(strategy, settings)
     data.check()
     if len(data.train) < settings.batch_size:
         raise ValueError(f"--batch_size={settings.batch_size} is larger than the {len(data.train)} training sequences "
@@ -690,6 +761,10 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     pad = model.time_multiple
     valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad,
                             static_shapes=settings.jit_compile)
+    # The last batch filled up (on any number of replicas, so that each sequence's noise, keyed by its row of a
+    # full batch, is the same on 1 or N devices).
+    valid_ds = valid_ds.map(lambda x, mask: fill_batch(x, mask, settings.batch_size))
+    valid_ds = distribute(strategy, valid_ds, settings.batch_size)
     monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
     write_hparams(run_dir, config, settings)
     stop.model = model
@@ -704,7 +779,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
                                 augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
                                 static_shapes=settings.jit_compile)
-        result = model.fit(train_ds, epochs=1, steps_per_epoch=boundary - step, validation_data=valid_ds,
+        result = model.fit(distribute(strategy, train_ds, settings.batch_size), epochs=1, steps_per_epoch=boundary - step, validation_data=valid_ds,
                            validation_steps=settings.eval_batches or None, callbacks=[monitor], verbose=0,
                            shuffle=False)
         for key, values in result.history.items():

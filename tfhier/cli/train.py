@@ -54,6 +54,13 @@ flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation 
                      "faster than graph mode for MS-STCN and uses more memory, bench/train_step.py; try it on GPUs). "
                      "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
 
+# Devices.
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy: default (one device) or "
+                  "mirrored (MirroredStrategy over every GPU, else over the --cpu_devices logical CPUs); --batch_size "
+                  "is the global batch, split evenly over the replicas.")
+flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (e.g. to run --strategy=mirrored "
+                     "without GPUs); 0: as it is.")
+
 # Objective.
 flags.DEFINE_enum("objective", "elbo", list(OBJECTIVES), "Training objective: elbo (with --kl_regularizer), iwae "
                   "(Burda et al. 2015, --num_particles samples) or fivo (Maddison et al. 2017, --num_particles "
@@ -69,7 +76,7 @@ flags.DEFINE_float("beta_start", 0.0, "KL annealing: initial KL weight.")
 flags.DEFINE_integer("anneal_steps", 10_000, "KL annealing: steps for the KL weight to reach 1.")
 
 # Logging.
-flags.DEFINE_integer("eval_every", 500, "Validation ELBO every this many steps (a Keras 'epoch').")
+flags.DEFINE_integer("eval_every", 500, "Validation every this many steps (and at --train_steps).")
 flags.DEFINE_integer("eval_batches", 0, "Validation batches per evaluation (0: the whole split).")
 flags.DEFINE_integer("log_every", 50, "TensorBoard scalars every this many steps (means over them).")
 flags.DEFINE_integer("checkpoint_every", 500, "Checkpoint every this many steps (and at the end).")
@@ -82,7 +89,8 @@ flags.DEFINE_integer("max_nonfinite_steps", 10, "Stop after this many consecutiv
 flags.DEFINE_boolean("allow_data_change", False, "Resume a run on data whose facts (sizes, normalisation) differ "
                      "from the ones it was trained on (refused otherwise).")
 flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"],
-                  "Keras progress display: 1 progress bar, 2 one line per validation interval (for log files), 0 none.")
+                  "Console: 1 a live line, 2 one line per validation interval (log files), 0 nothing; auto: 1 on a "
+                  "terminal, else 2.")
 
 # Data options.
 flags.DEFINE_integer("sample_rate", 16000, "audio: resample to this rate (Hz).")
@@ -141,6 +149,8 @@ def main(argv):
     try:
         # Every flag is checked before any data is read.
         settings.validate()
+        strategy = training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+        training.check_batch_for(strategy, settings)
         if settings.objective != "elbo":
             given = [n for n in ("kl_regularizer", "free_bits", "free_bits_halving_steps", "beta_start", "anneal_steps")
                      if FLAGS[n].present]
@@ -159,7 +169,7 @@ def main(argv):
               f"sequences of {data.feature_dim}-d steps", flush=True)
         model_config["noise_seed"] = FLAGS.seed
         training.train(FLAGS.run_dir, FLAGS.model, model_config, data, settings, flags_text=flags_text(),
-                       allow_data_change=FLAGS.allow_data_change)
+                       strategy=strategy, allow_data_change=FLAGS.allow_data_change)
     except training.Preempted as e:
         logging.flush()
         print(f"train.py: {e}", file=sys.stderr, flush=True)

@@ -25,10 +25,12 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
                  seq_len: Optional[int] = None,
                  augment: Optional[Callable[[tf.Tensor], tf.Tensor]] = None,
                  pad_to_multiple: int = 1, seed: Optional[int] = None,
-                 shuffle_buffer: int = 10000, bucket: bool = True, static_shapes: bool = False) -> tf.data.Dataset:
+                 bucket: bool = True, static_shapes: bool = False) -> tf.data.Dataset:
     """Builds a dataset of padded ``(x, mask)`` batches.
 
-    Training (``training=True``): repeats forever, reshuffling every epoch;
+    Training (``training=True``): repeats forever, in a fresh random order every epoch (a full permutation:
+    epoch e's order is a function of ``(seed, e)`` alone, so every iterator of the dataset yields the same
+    stream; Keras under a distribution strategy reads one batch of a first iterator before training);
     sequences longer than ``seq_len`` are cut to a random ``seq_len`` window
     drawn afresh each epoch, then ``augment`` is applied; sequences of similar
     length are batched together (``bucket``) to waste little compute on
@@ -47,7 +49,6 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
       augment: training-only ``tf.Tensor[T, D] -> tf.Tensor[T, D]``.
       pad_to_multiple: padded T is a multiple of this.
       seed: seed for shuffling and cropping; None draws one.
-      shuffle_buffer: shuffle buffer size (capped at the number of sequences).
       bucket: batch by length in training; False batches in shuffled order.
       static_shapes: keep the number of distinct batch shapes small, for an
         XLA-compiled step (which compiles once per shape): training batches
@@ -71,8 +72,16 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
         ds = ds.map(_with_mask)
         ds = ds.padded_batch(batch_size, drop_remainder=False)
     else:
-        ds = ds.shuffle(min(shuffle_buffer, len(sequences)), seed=seed,
-                        reshuffle_each_iteration=True).repeat()
+        if seed is None:
+            seed = int(np.random.default_rng().integers(2 ** 31))
+        n, pair = len(sequences), tf.constant(int(seed), tf.int64)
+
+        def epoch_order(epoch):
+            keys = tf.random.stateless_uniform([n], seed=tf.stack([pair, epoch]))
+            return tf.data.Dataset.from_tensor_slices(tf.argsort(keys))
+
+        ds = (tf.data.Dataset.range(np.iinfo(np.int64).max).flat_map(epoch_order)
+              .map(lambda i: ragged[i], num_parallel_calls=tf.data.AUTOTUNE))
         if seq_len is not None:
             # One stateless seed pair per element: reproducible for a given
             # seed, yet a fresh window each epoch.

@@ -58,6 +58,7 @@ of a SavedModel): from the call's ``seed`` (int32 [2]),
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Optional
 
@@ -136,6 +137,69 @@ def generation_latent_seed(seed):
     return stateless_seed(seed, 0)
 
 
+_ROW_COPIES = [1]
+
+
+@contextlib.contextmanager
+def tiled_rows(copies):
+    """Declares (while a graph is traced) that the batch rows are ``copies`` sample-major copies of the
+    sequences (row ``k * B + b``: IWAE's samples, FIVO's particles), so :func:`replica_rows` keys each row by its
+    sequence's position in the global batch and its copy."""
+    _ROW_COPIES.append(int(copies))
+    try:
+        yield
+    finally:
+        _ROW_COPIES.pop()
+
+
+def replica_rows(draw, batch, row_axis=0, copies=None):
+    """``draw(rows)`` for this replica's ``batch`` rows as one device would draw them for the global batch.
+
+    Under a ``tf.distribute`` strategy with N replicas in sync, each replica
+    holds ``batch`` consecutive rows of the global batch (replica r: sequences
+    ``[r * B, (r + 1) * B)``, B = batch / copies of :func:`tiled_rows`).  The
+    noise of a sequence is keyed by that global position, not by the replica:
+    every replica draws the global batch's noise (cheap beside the network) and
+    keeps its own rows, so N replicas draw exactly what one device draws for
+    the same global batch.  With one replica this is ``draw(batch)``.
+    ``copies``: the rows' layout, when not the one :func:`tiled_rows` declares.
+    """
+    n, replica_id = replica_position()
+    if n == 1:
+        return draw(batch)
+    copies = _ROW_COPIES[-1] if copies is None else int(copies)
+    local = batch // copies
+    full = draw(batch * n)  # rows k * (n * local) + global sequence index
+    shape = tf.shape(full)
+    lead, rest = shape[:row_axis], shape[row_axis + 1:]
+    full = tf.reshape(full, tf.concat([lead, [copies, n * local], rest], 0))
+    begin = replica_id * local
+    mine = tf.gather(full, tf.range(begin, begin + local), axis=row_axis + 1)
+    return tf.reshape(mine, tf.concat([lead, [batch], rest], 0))
+
+
+def replica_position():
+    """``(replicas in sync, this replica's id)``: ``(1, 0)`` outside a distribution strategy's replica context."""
+    replica = tf.distribute.get_replica_context()
+    if replica is None or replica.num_replicas_in_sync == 1:
+        return 1, 0
+    return replica.num_replicas_in_sync, replica.replica_id_in_sync_group
+
+
+def replica_categorical(logits, num_samples, seed):
+    """``tf.random.stateless_categorical(logits [B, K], num_samples, seed)`` with each row drawn as one device
+    draws it at that sequence's place in the global batch (see :func:`replica_rows`; a row's draw depends on
+    its own logits and position only, so the other replicas' rows are filled with zeros)."""
+    n, replica_id = replica_position()
+    b = tf.shape(logits)[0]
+
+    def draw(rows):
+        padded = tf.pad(logits, [[replica_id * b, rows - (replica_id + 1) * b], [0, 0]])
+        return tf.random.stateless_categorical(padded, num_samples, seed=seed, dtype=tf.int32)
+
+    return replica_rows(draw, b, copies=1)
+
+
 def latent_noise(seed, layer, num_steps, batch, dim):
     """Standard normal noise of latent layer ``layer``, time-major ``[num_steps, batch, dim]``.
 
@@ -144,9 +208,13 @@ def latent_noise(seed, layer, num_steps, batch, dim):
     as the leading axis the noise of (step tau, sample b) is the same however
     many steps are drawn: a generator that knows its final length draws once,
     and a forward pass over any padded buffer sees the same values.  (XLA's
-    implementation of the op draws another, equally valid, stream.)
+    implementation of the op draws another, equally valid, stream.)  Under a
+    distribution strategy each row's noise is that of its place in the global
+    batch (:func:`replica_rows`).
     """
-    return tf.random.stateless_normal(tf.stack([num_steps, batch, dim]), seed=stateless_seed(seed, layer))
+    seed = stateless_seed(seed, layer)
+    return replica_rows(lambda rows: tf.random.stateless_normal(tf.stack([num_steps, rows, dim]), seed=seed),
+                        batch, row_axis=1)
 
 
 def primed_latent_mask(observed_lengths, factor, num_steps):
@@ -515,9 +583,9 @@ class SequenceModel(keras.Model):
                 self._trackers[name].update_state(values[name], sample_weight=weight)
 
     def _training_seed(self, step):
-        replica = tf.distribute.get_replica_context()
-        replica_id = replica.replica_id_in_sync_group if replica is not None else 0
-        return stateless_seed(tf.stack([self.noise_seed, tf.cast(step, tf.int32)]), replica_id)
+        # The same on every replica: each sequence's noise is keyed by its row of the global batch
+        # (replica_rows), so N replicas draw what one device draws.
+        return stateless_seed(tf.stack([self.noise_seed, tf.cast(step, tf.int32)]), 0)
 
     def train_step(self, data):
         x, mask = data
@@ -528,7 +596,7 @@ class SequenceModel(keras.Model):
             loss = tf.nn.compute_average_loss(result.loss)
         variables = self.trainable_variables
         grads = tape.gradient(loss, variables)
-        grad_norm = tf.linalg.global_norm(grads)
+        grads, grad_norm = self._global_gradient(grads)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(grad_norm)
         # A non-finite step is skipped: weights and optimizer state stay as they were.
         apply_if_finite(self.optimizer, grads, variables, finite)
@@ -539,16 +607,64 @@ class SequenceModel(keras.Model):
         self._update_objective_metrics(result, self._train_names, weight)
         self._trackers["grad_norm"].update_state(safe(grad_norm), sample_weight=weight)
         self._trackers["nonfinite_steps"].update_state(1.0 - weight)
-        return {n: self._trackers[n].result() for n in self._train_names + ["grad_norm", "nonfinite_steps"]}
+        return self._results(self._train_names + ["grad_norm", "nonfinite_steps"])
+
+    def _results(self, names):
+        """The metrics' values over the whole global batch so far. (Under N replicas a metric read in a step
+        holds its own replica's share, and Keras averages the replicas' values, a mean of ratios: wrong when
+        the replicas hold different weights, e.g. sequences of other lengths. Here totals and counts are
+        summed over the replicas first.)"""
+        n, _ = replica_position()
+        if n == 1:
+            return {name: self._trackers[name].result() for name in names}
+        context = tf.distribute.get_replica_context()
+        out = {}
+        for name in names:
+            tracker = self._trackers[name]
+            if hasattr(tracker, "count"):  # a Mean: total / count
+                total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [tracker.total, tracker.count])
+                out[name] = tf.math.divide_no_nan(total, count)
+            else:  # a Sum
+                out[name] = context.all_reduce(tf.distribute.ReduceOp.SUM, tracker.result())
+        return out
+
+    def _global_gradient(self, grads):
+        """``(gradients to hand the optimizer, the global gradient's norm)``.
+
+        One device: the gradients as they are (the optimizer clips them by
+        ``global_clipnorm``). N replicas: Keras' optimizer clips each replica's
+        share *before* summing them, so a threshold would mean another thing on
+        N devices; here the replicas' gradients are summed first (the global
+        batch's gradient, as one device computes it), clipped by its global
+        norm, and divided by N, since the optimizer sums the replicas' gradients
+        again (exact for N a power of 2; its own clipping is then a no-op).
+        """
+        n, _ = replica_position()
+        if n == 1:
+            return grads, tf.linalg.global_norm(grads)
+        present = [i for i, g in enumerate(grads) if g is not None]
+        summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                                [grads[i] for i in present])
+        norm = tf.linalg.global_norm(summed)
+        clip = getattr(self.optimizer, "global_clipnorm", None)
+        if clip:
+            summed, _ = tf.clip_by_global_norm(summed, clip, use_norm=norm)
+        out = list(grads)
+        for i, g in zip(present, summed):
+            out[i] = g / n
+        return out, norm
 
     def test_step(self, data):
         x, mask = data
         seed = stateless_seed(tf.constant([self.noise_seed, -1]))
         elbo = self._validation_elbo.compute(self, x, mask, seed)
+        # A sequence without steps is padding (a distributed validation batch filled up to split evenly over
+        # the replicas, see tfhier.training): it counts in no mean.
+        weight = tf.cast(elbo.num_steps > 0, tf.float32)
         self._update_objective_metrics(elbo, [n for n in self._valid_names if n in elbo.values or
-                                              n[: -len("_per_step")] in elbo.values], 1.0)
+                                              n[: -len("_per_step")] in elbo.values], weight)
         if self.objective.BOUND != "elbo":
             bound = self.objective.compute(self, x, mask, seed)
             self._update_objective_metrics(bound, [f"neg_{self.objective.BOUND}",
-                                                   f"neg_{self.objective.BOUND}_per_step"], 1.0)
-        return {n: self._trackers[n].result() for n in self._valid_names}
+                                                   f"neg_{self.objective.BOUND}_per_step"], weight)
+        return self._results(self._valid_names)

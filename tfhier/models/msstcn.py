@@ -66,7 +66,7 @@ import tensorflow as tf
 from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed,
                                 graph_call, head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs,
-                                output_step_seed, primed_latent_mask, stateless_seed)
+                                output_step_seed, primed_latent_mask, replica_rows, stateless_seed)
 from tfhier.models.hparams import HParam
 
 
@@ -223,7 +223,11 @@ class MSSTCN(SequenceModel):
         # Bottom-up, eq. (8); input dropout (training only) is stateless, from the step's seed.
         y_in = y
         if training and self.input_dropout > 0:
-            y_in = tf.nn.experimental.stateless_dropout(y, self.input_dropout, seed=stateless_seed(seed, 7))
+            drop_seed, rest = stateless_seed(seed, 7), tf.shape(y)[1:]
+            # The dropout mask of the global batch's rows (replica_rows): N replicas drop what one device drops.
+            keep = replica_rows(lambda rows: tf.nn.experimental.stateless_dropout(
+                tf.ones(tf.concat([[rows], rest], 0)), self.input_dropout, seed=drop_seed), tf.shape(y)[0])
+            y_in = y * keep
         d = self.bottom_up_features(y_in)
 
         # Top-down, eqs. (9)-(13).
