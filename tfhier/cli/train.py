@@ -98,8 +98,8 @@ flags.DEFINE_integer("frame_width", 200, "audio: waveform samples per time step.
 flags.DEFINE_integer("num_lines", 2000, "hershey: training lines to render.")
 flags.DEFINE_string("synthetic_setting", "train", "vhrnn_synthetic: which test setting forms the test split.")
 flags.DEFINE_enum("offset_scale", "std", ["std", "chung2015"], "iam_ondb: divide offsets by the pooled std of dx, dy "
-                  "(std) or by the MS-STCN authors' X_std (chung2015, ~sqrt(2) x std: bounds 2 ln(ratio) ~ 0.69 nats "
-                  "per step lower).")
+                  "(std) or by the MS-STCN authors' X_std (chung2015, ~sqrt(2) x std: log-likelihood bounds per step "
+                  "2 ln(ratio) ~ 0.69 nats higher for the same model).")
 flags.DEFINE_enum("framing", "consecutive", ["consecutive", "authors"], "audio: consecutive samples in a step (the "
                   "papers) or the MS-STCN authors' channels-first reshape of each 0.5 s row.")
 

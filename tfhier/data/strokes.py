@@ -46,9 +46,9 @@ def offset_scale(train_steps: list, convention: str = "std") -> float:
       calculations" with Chung et al. 2015, ``data/iamondb.py``): sums over
       both coordinates divided by the number of *steps*,
       ``sqrt(E_t[dx^2 + dy^2] - E_t[dx + dy]^2)``, about sqrt(2) times ``'std'``
-      for offsets of mean ~0.  Densities of scaled offsets then differ by
-      ``2 * ln(chung2015 / std)`` nats per step (one ``ln`` of the ratio per
-      offset dimension; ~ln 2 = 0.69 nats).
+      for offsets of mean ~0.  Log densities of scaled offsets are then
+      ``2 * ln(chung2015 / std)`` nats per step higher for the same model (one
+      ``ln`` of the ratio per offset dimension; ~ln 2 = 0.69 nats).
     """
     if convention not in OFFSET_SCALES:
         raise DataError(f"--offset_scale must be one of {OFFSET_SCALES}, got {convention!r}")
