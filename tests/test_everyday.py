@@ -100,17 +100,10 @@ def test_every_run_file_is_readable_by_group_and_others(runs_dir):
     paths = [p for p in (runs_dir / "runs").rglob("*")] + [p for p in (runs_dir / "exports").rglob("*")]
     kinds = {p.suffix for p in paths if p.is_file()}
     assert {".json", ".cfg", ".png", ".npz", ".md", ".index"} <= kinds, kinds
-    private = [str(p) for p in paths
-               if (stat.S_IMODE(p.stat().st_mode) & 0o044) != 0o044 and p.name != ".owner"]
+    private = [str(p) for p in paths if (stat.S_IMODE(p.stat().st_mode) & 0o044) != 0o044]
     assert not private, private
     dirs = [str(p) for p in paths if p.is_dir() and (stat.S_IMODE(p.stat().st_mode) & 0o055) != 0o055]
     assert not dirs, dirs
-
-
-def test_owner_file_is_readable_too(runs_dir):
-    owner = runs_dir / "runs" / "demo" / ".owner"
-    if owner.exists():
-        assert stat.S_IMODE(owner.stat().st_mode) & 0o044 == 0o044
 
 
 def test_primed_samples_have_their_own_name_and_colour(runs_dir):
