@@ -174,3 +174,33 @@ def test_cli_rejects_bad_input_with_one_clear_message(tmp_path):
     bad_list = run_cli("--channels=64,x", "--dataset=hershey", "--num_lines=4", f"--run_dir={tmp_path / 'r'}")
     assert bad_list.returncode != 0 and "--channels" in bad_list.stderr and "Traceback" not in bad_list.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_patience_stops_when_the_validation_bound_stops_improving(tmp_path, data, capsys):
+    """--patience=2: training ends at the first validation that is two intervals past the best one, read back
+    from the validation events (an independent record of every bound), and a rerun does not train further."""
+    import tensorflow as tf
+
+    run = tmp_path / "run"
+    # A learning rate so small that the bound wanders by noise alone: it stops improving early.
+    s = settings(train_steps=60, patience=2, learning_rate=1e-9, sample_every=1000, checkpoint_every=1000)
+    model, _ = training.train(str(run), "msstcn", MODEL, data, s)
+    stopped = int(model.optimizer.iterations.numpy())
+    val_acc, _ = event_tags(run / "logs" / "validation")
+    vals = [(e.step, float(tf.make_ndarray(e.tensor_proto))) for e in val_acc.Tensors("neg_elbo_per_step")]
+    assert [v[0] for v in vals] == list(range(2, stopped + 1, 2))
+    # The rule, computed from the events: the first step at which the best so far is 2 evaluations old.
+    best_step, best, expected = None, np.inf, None
+    for step, value in vals:
+        if value < best:
+            best_step, best = step, value
+        if step - best_step >= 4:
+            expected = step
+            break
+    assert expected is not None and stopped == expected < 60
+    assert tf.train.latest_checkpoint(str(run / "best")).endswith(f"ckpt-{best_step}")
+    assert (run / "checkpoints" / f"ckpt-{stopped}.index").exists()
+    capsys.readouterr()
+    model, _ = training.train(str(run), "msstcn", MODEL, data, s)
+    assert int(model.optimizer.iterations.numpy()) == stopped
+    assert "stopped early" in capsys.readouterr().out

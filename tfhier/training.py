@@ -72,6 +72,7 @@ class TrainSettings:
     sample_steps: int = 400
     jit_compile: bool = False
     max_nonfinite_steps: int = 10
+    patience: int = 0
     verbose: str = "auto"
 
     def validate(self):
@@ -90,7 +91,7 @@ class TrainSettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs", "free_bits",
-                     "weight_decay"):
+                     "weight_decay", "patience"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.beta_start <= 1.0:
@@ -341,6 +342,21 @@ class Checkpointer:
     @property
     def step(self):
         return int(self.optimizer.iterations.numpy())
+
+    @property
+    def best_step(self):
+        """The step of the checkpoint in ``run_dir/best`` (None before the first finite validation)."""
+        prefixes = checkpoint_prefixes(self.best_manager.directory)
+        return int(prefixes[0].rsplit("-", 1)[1]) if prefixes else None
+
+    def patience_spent(self, settings):
+        """True when ``--patience`` validations in a row have not improved on the best (early stopping).
+
+        Derived from the best checkpoint's step, so a resumed run applies the same rule without extra state.
+        """
+        best = self.best_step
+        return bool(settings.patience) and best is not None and \
+            self.step - best >= settings.patience * settings.eval_every
 
     def save_if_best(self, valid_neg_elbo_per_step):
         """Keeps the checkpoint with the lowest validation -ELBO per step in ``run_dir/best`` (early stopping).
@@ -757,6 +773,10 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     if step >= settings.train_steps:
         print(f"{run_dir} is already trained to step {step} >= --train_steps={settings.train_steps}", flush=True)
         return model, {}
+    if checkpointer.patience_spent(settings):
+        print(f"{run_dir} stopped early at step {step}: no better validation bound since step "
+              f"{checkpointer.best_step} (--patience={settings.patience})", flush=True)
+        return model, {}
 
     pad = model.time_multiple
     valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad,
@@ -774,6 +794,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     # mid-interval, and the last, shorter interval is as long as it is. Each interval's data pipeline is seeded
     # by the step it starts at (a resumed run continues with fresh, reproducible data order and crops).
     history = {}
+    early_stop = False
     while step < settings.train_steps and not (monitor.failed or stop.received is not None):
         boundary = min((step // settings.eval_every + 1) * settings.eval_every, settings.train_steps)
         train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
@@ -787,6 +808,12 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         previous, step = step, checkpointer.step
         if step == previous and not monitor.failed and stop.received is None:
             continue  # every update of the interval was skipped (non-finite): the monitor counts them
+        if checkpointer.patience_spent(settings) and not monitor.failed and stop.received is None:
+            early_stop = True
+            monitor.progress.message(f"early stop at step {step}: the validation bound has not improved for "
+                                     f"{settings.patience} evaluations (best at step {checkpointer.best_step}, "
+                                     f"kept in {os.path.join(run_dir, 'best')})")
+            break
     if not monitor.failed:
         checkpointer.save()
     if monitor.failed:
@@ -795,7 +822,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
             f"losses; the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")
     if stop.received is not None:
         raise Preempted(stop.received, checkpointer.step, checkpointer.manager.latest_checkpoint)
-    if checkpointer.step < settings.train_steps:
+    if checkpointer.step < settings.train_steps and not early_stop:
         raise FloatingPointError(f"training stopped at step {checkpointer.step}, short of --train_steps="
                                  f"{settings.train_steps} ({monitor.consecutive_nonfinite} non-finite steps at the "
                                  f"end); the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")

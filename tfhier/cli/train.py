@@ -86,6 +86,9 @@ flags.DEFINE_integer("sample_every", 1000, "Generate and plot samples every this
 flags.DEFINE_integer("num_samples", 4, "Samples per plot (0: none).")
 flags.DEFINE_integer("sample_steps", 400, "Time steps per sample.")
 flags.DEFINE_integer("max_nonfinite_steps", 10, "Stop after this many consecutive non-finite losses.")
+flags.DEFINE_integer("patience", 0, "Early stopping: stop when this many validations in a row (every --eval_every "
+                     "steps) have not improved on the best bound; R/best keeps the best checkpoint (0: train to "
+                     "--train_steps).")
 flags.DEFINE_boolean("allow_data_change", False, "Resume a run on data whose facts (sizes, normalisation) differ "
                      "from the ones it was trained on (refused otherwise).")
 flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"],
