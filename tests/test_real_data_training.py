@@ -46,3 +46,37 @@ def test_msstcn_validation_bound_improves_on_iam_sample(tmp_path, steps):
     # Validation lines come from forms never trained on (split by form id).
     assert set(data.info["line_ids"]["valid"]).isdisjoint(data.info["line_ids"]["train"])
     assert after < before - 0.5, (before, after)
+
+
+def test_mirrored_iam_cfg_training_resumes_after_sigkill(tmp_path):
+    """``train.py --flagfile=configs/iam.cfg --strategy=mirrored --cpu_devices=2`` on the IAM-OnDB sample lines,
+    killed with SIGKILL after its first checkpoint: the same command resumes from it and finishes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    cmd = [sys.executable, str(repo / "train.py"), "--flagfile=configs/iam.cfg", f"--data_dir={IAM}",
+           f"--run_dir={run}", "--strategy=mirrored", "--cpu_devices=2", "--batch_size=4", "--seq_len=128",
+           "--train_steps=8", "--eval_every=4", "--eval_batches=1", "--checkpoint_every=2", "--log_every=2",
+           "--sample_every=1000", "--verbose=0"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not (run / "checkpoints" / "ckpt-2.index").exists():
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "resumed from" in out.stdout and f"done: {run}" in out.stdout, out.stdout
+    assert (run / "checkpoints" / "ckpt-8.index").exists()

@@ -53,6 +53,7 @@ class TrainSettings:
     lr_decay_rate: float = 0.5
     clip_norm: float = 1.0
     weight_decay: float = 0.0
+    adam_epsilon: float = 1e-7
     seed: int = 0
     objective: str = "elbo"
     num_particles: int = 4
@@ -87,7 +88,7 @@ class TrainSettings:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("learning_rate", "lr_decay_rate"):
+        for name in ("learning_rate", "lr_decay_rate", "adam_epsilon"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs", "free_bits",
@@ -229,12 +230,39 @@ def make_optimizer(s: TrainSettings):
     ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
     schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
     if s.weight_decay:
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay,
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay, epsilon=s.adam_epsilon,
                                       global_clipnorm=s.clip_norm or None)
-    return keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=s.clip_norm or None)
+    return keras.optimizers.Adam(learning_rate=schedule, epsilon=s.adam_epsilon, global_clipnorm=s.clip_norm or None)
 
 
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+def _tf_config_problem(text):
+    """What is wrong with the ``TF_CONFIG`` environment variable's value (None if usable)."""
+    if not text:
+        return ("the environment variable TF_CONFIG is not set: --strategy=multi_worker needs it on every worker, "
+                "e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", \"host2:12345\"]}, "
+                "\"task\": {\"type\": \"worker\", \"index\": 0}}'")
+    try:
+        config = json.loads(text)
+    except ValueError as e:
+        return f"TF_CONFIG is not JSON ({e})"
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or \
+            not isinstance(config.get("task"), dict):
+        return "TF_CONFIG must be a JSON object with a \"cluster\" object and a \"task\" object"
+    task = config["task"]
+    jobs = config["cluster"]
+    if task.get("type") not in jobs or not isinstance(jobs[task.get("type")], list):
+        return f"TF_CONFIG's task type {task.get('type')!r} is not a job of its cluster ({', '.join(jobs)})"
+    index = task.get("index")
+    if not isinstance(index, int) or not 0 <= index < len(jobs[task["type"]]):
+        return (f"TF_CONFIG's task index {index!r} is not an index of the {len(jobs[task['type']])} "
+                f"{task['type']!r} addresses")
+    unknown = set(jobs) - {"chief", "worker"}
+    if unknown:
+        return f"TF_CONFIG's cluster has jobs {sorted(unknown)}: MultiWorkerMirroredStrategy takes chief and worker"
+    return None
 
 
 def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.distribute.Strategy]:
@@ -244,11 +272,21 @@ def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.di
     (before TensorFlow initialises its devices), so that ``mirrored`` runs on N
     "devices" of one CPU: how distributed training is tested without GPUs.
     ``mirrored``: ``MirroredStrategy`` over every GPU, else over the logical CPUs.
+    ``multi_worker``: ``MultiWorkerMirroredStrategy``, cluster and role from the ``TF_CONFIG`` environment
+    variable (every GPU of each worker, else its CPU); call it before any other TensorFlow operation.
     """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy={name}: expected one of {', '.join(STRATEGIES)}")
     if int(cpu_devices) < 0:
         raise ValueError(f"--cpu_devices={cpu_devices}: expected a number of logical CPU devices >= 0")
+    if name == "multi_worker":
+        if int(cpu_devices) > 1:
+            raise ValueError(f"--cpu_devices={cpu_devices}: applies to --strategy=mirrored; under multi_worker each "
+                             f"worker trains on its GPUs or on its one CPU device")
+        problem = _tf_config_problem(os.environ.get("TF_CONFIG"))
+        if problem:
+            raise ValueError(f"--strategy=multi_worker: {problem}")
+        return tf.distribute.MultiWorkerMirroredStrategy()
     if int(cpu_devices) > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
@@ -262,6 +300,25 @@ def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.di
     devices = [d.name for d in tf.config.list_logical_devices("GPU")]
     devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
     return tf.distribute.MirroredStrategy(devices)
+
+
+def is_multi_worker(strategy) -> bool:
+    return strategy is not None and strategy.extended._in_multi_worker_mode()
+
+
+def is_chief(strategy) -> bool:
+    """True on the one process that writes the run directory (every process outside multi-worker training)."""
+    return not is_multi_worker(strategy) or bool(strategy.extended.should_checkpoint)
+
+
+def same_on_all_workers(strategy, value) -> bool:
+    """Whether every worker holds the same number ``value`` (a collective: every worker must call it)."""
+    if not is_multi_worker(strategy):
+        return True
+    v = tf.constant(float(value), tf.float64)
+    per_replica = strategy.run(lambda: tf.stack([v, v * v]))
+    mean = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None).numpy()
+    return abs(mean[1] - mean[0] ** 2) <= 1e-9 * max(1.0, mean[1])
 
 
 def check_batch_for(strategy, settings: TrainSettings):
@@ -296,12 +353,19 @@ def distribute(strategy, dataset, batch_size):
         return dataset
     local = batch_size // n
 
-    def split(x, mask):
-        parts = lambda v: tf.reshape(v, tf.concat([[n, local], tf.shape(v)[1:]], 0))  # noqa: E731
-        return tf.data.Dataset.from_tensor_slices((parts(x), parts(mask)))
+    def per_worker(context):
+        # Under multi-worker training each worker builds this pipeline and keeps its own replicas' rows of
+        # every global batch (workers never train on the same sequences); one pipeline holds them all otherwise.
+        mine = n // context.num_input_pipelines
+        first = context.input_pipeline_id * mine
 
-    per_replica = dataset.flat_map(split)  # consecutive elements go to consecutive replicas
-    return strategy.distribute_datasets_from_function(lambda context: per_replica)
+        def split(x, mask):
+            parts = lambda v: tf.reshape(v, tf.concat([[n, local], tf.shape(v)[1:]], 0))[first:first + mine]  # noqa
+            return tf.data.Dataset.from_tensor_slices((parts(x), parts(mask)))
+
+        return dataset.flat_map(split)  # consecutive elements go to consecutive (local) replicas
+
+    return strategy.distribute_datasets_from_function(per_worker)
 
 
 def make_objective(s: TrainSettings):
@@ -548,6 +612,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._last_save = time.monotonic()
         self._began = False
         self.progress = Progress(settings.train_steps, settings.verbose, objective.BOUND)
+        self.multi_worker = False
 
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
@@ -574,7 +639,9 @@ class TrainingMonitor(keras.callbacks.Callback):
         last_of_epoch = batch + 1 == self.params.get("steps")
         if step % self.s.log_every == 0 or last_of_epoch or step >= self.s.train_steps:
             self._write_train_scalars(step)
-        overdue = self.s.checkpoint_secs and time.monotonic() - self._last_save >= self.s.checkpoint_secs
+        # (Not by the clock under multi-worker training: every worker must save at the same steps.)
+        overdue = (self.s.checkpoint_secs and not self.multi_worker
+                   and time.monotonic() - self._last_save >= self.s.checkpoint_secs)
         if step % self.s.checkpoint_every == 0 or overdue:
             self.checkpointer.save()
             self._last_save = time.monotonic()
@@ -725,6 +792,9 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
     settings.validate()
     check_batch_for(strategy, settings)
     data.check()
+    if not is_chief(strategy):
+        return _train_non_chief(run_dir, model_name, model_config, data, settings, flags_text, strategy,
+                                allow_data_change)
     if len(data.train) < settings.batch_size:
         raise ValueError(f"--batch_size={settings.batch_size} is larger than the {len(data.train)} training sequences "
                          f"of this data set (training batches are full batches)")
@@ -740,6 +810,37 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
     with RunLock(run_dir), _SignalStop() as stop:
         resuming = check_run_dir(run_dir, config, allow_data_change)
         return _train_locked(run_dir, model_name, config, data, settings, flags_text, strategy, resuming, stop)
+
+
+def _train_non_chief(run_dir, model_name, model_config, data, settings, flags_text, strategy, allow_data_change):
+    """A worker other than the chief (multi-worker training): it trains exactly as the chief does (every
+    collective needs every worker), but what it writes goes to a temporary directory, removed at the end; the
+    run directory is the chief's. To resume, it starts from a copy of the run directory's checkpoints, so
+    the run directory must be on a filesystem every worker can read (checked: every worker must resume at
+    the same step)."""
+    import shutil
+    import tempfile
+
+    task = strategy.cluster_resolver.task_id if strategy.cluster_resolver else "?"
+    scratch = tempfile.mkdtemp(prefix=f"tfhier_worker{task}_")
+    try:
+        work = os.path.join(scratch, "run")
+        os.makedirs(work)
+        for name in ("config.json", "checkpoints", "best"):
+            src = os.path.join(run_dir, name)
+            try:
+                if os.path.isdir(src):
+                    shutil.copytree(src, os.path.join(work, name))
+                elif os.path.isfile(src):
+                    shutil.copy2(src, os.path.join(work, name))
+            except OSError:
+                pass  # unreadable here: the check of the restored step names the problem
+        config = run_config(build_model(model_name, data.feature_dim, model_config), data)
+        with RunLock(work), _SignalStop() as stop:
+            resuming = check_run_dir(work, config, allow_data_change)
+            return _train_locked(work, model_name, config, data, settings, flags_text, strategy, resuming, stop)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _train_locked(run_dir, model_name, config, data, settings, flags_text, strategy, resuming, stop):
@@ -759,6 +860,9 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     for note in notes:
         print(f"warning: {note}", flush=True)
     step = checkpointer.step
+    if not same_on_all_workers(strategy, step):
+        raise RunDirError(f"the workers restored different steps (this one: {step}); every worker must read the "
+                          f"chief's run directory {run_dir}: put it on a filesystem they all share")
     if restored:
         state = ", ".join(f"{k} {float(v.numpy()):.4g}" for k, v in objective.summary_scalars().items())
         print(f"resumed from {restored} at step {step}" + (f" ({state})" if state else ""), flush=True)
@@ -786,6 +890,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     valid_ds = valid_ds.map(lambda x, mask: fill_batch(x, mask, settings.batch_size))
     valid_ds = distribute(strategy, valid_ds, settings.batch_size)
     monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
+    monitor.multi_worker = is_multi_worker(strategy)
     write_hparams(run_dir, config, settings)
     stop.model = model
     if stop.received is not None:

@@ -49,15 +49,18 @@ flags.DEFINE_integer("lr_decay_steps", 100_000, "Exponential decay: lr * rate^(s
 flags.DEFINE_float("lr_decay_rate", 0.5, "Exponential decay rate per --lr_decay_steps.")
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: none).")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per step; 0: plain Adam.")
+flags.DEFINE_float("adam_epsilon", 1e-7, "Adam's epsilon (Keras' default; the MS-STCN authors' code uses 1e-8).")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
 flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation steps with XLA (on CPU no "
                      "faster than graph mode for MS-STCN and uses more memory, bench/train_step.py; try it on GPUs). "
                      "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
 
 # Devices.
-flags.DEFINE_enum("strategy", "default", ["default", "mirrored"], "tf.distribute strategy: default (one device) or "
-                  "mirrored (MirroredStrategy over every GPU, else over the --cpu_devices logical CPUs); --batch_size "
-                  "is the global batch, split evenly over the replicas.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy: "
+                  "default (one device), mirrored (MirroredStrategy over every GPU, else over the --cpu_devices "
+                  "logical CPUs) or multi_worker (MultiWorkerMirroredStrategy; cluster and role from the TF_CONFIG "
+                  "environment variable; the chief writes --run_dir); --batch_size is the global batch, split evenly "
+                  "over all replicas.")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (e.g. to run --strategy=mirrored "
                      "without GPUs); 0: as it is.")
 

@@ -178,6 +178,19 @@ def replica_rows(draw, batch, row_axis=0, copies=None):
     return tf.reshape(mine, tf.concat([lead, [batch], rest], 0))
 
 
+def all_reduce_sum(context, values):
+    """``context.all_reduce(SUM, values)`` on copies made under the replica's device: with one replica per
+    worker, MultiWorkerMirroredStrategy places the all-reduce by its inputs' devices, and a read of a
+    variable colocated with an uncommitted resource (a metric's) has none."""
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.nest.map_structure(tf.identity, values))
+
+
+def _multi_worker() -> bool:
+    """Whether the current strategy spans several workers (MultiWorkerMirroredStrategy with a cluster)."""
+    extended = tf.distribute.get_strategy().extended
+    return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
+
+
 def replica_position():
     """``(replicas in sync, this replica's id)``: ``(1, 0)`` outside a distribution strategy's replica context."""
     replica = tf.distribute.get_replica_context()
@@ -275,7 +288,7 @@ def apply_if_finite(optimizer, grads, variables, finite):
         tf.cond(finite, apply, lambda: None)
         return
     replica = tf.distribute.get_replica_context()
-    all_finite = replica.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32)) == 0
+    all_finite = all_reduce_sum(replica, 1.0 - tf.cast(finite, tf.float32)) == 0
 
     def cross_replica(strategy, grads, all_finite):
         def apply_each():
@@ -386,6 +399,16 @@ class SequenceModel(keras.Model):
         self.forward(x, tf.ones([1, self.time_multiple]), seed=tf.constant([0, 0]))
         self.built = True
         return self
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (TF backend) builds a model under a strategy from a first batch reduced across the replicas,
+        # which MultiWorkerMirroredStrategy cannot do eagerly on per-replica data. These models are built before
+        # fit (build_for_data) and compiled without Keras metrics or losses: there is nothing to build, and
+        # skipping it also saves a batch of every interval's pipeline.
+        if self.built and (self.optimizer is None or self.optimizer.built) and \
+                getattr(self, "_compile_metrics", None) is None and getattr(self, "_compile_loss", None) is None:
+            return
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def call(self, inputs, training=False):
         x, mask = inputs
@@ -618,14 +641,21 @@ class SequenceModel(keras.Model):
         if n == 1:
             return {name: self._trackers[name].result() for name in names}
         context = tf.distribute.get_replica_context()
+        if _multi_worker():
+            # Keras averages a multi-worker step's outputs over their axis 0 (TF backend, reduce_per_replica):
+            # one-element vectors, equal on every replica, come back as the scalars.
+            return {k: tf.reshape(v, [1]) for k, v in self._reduced_results(names, context).items()}
+        return self._reduced_results(names, context)
+
+    def _reduced_results(self, names, context):
         out = {}
         for name in names:
             tracker = self._trackers[name]
             if hasattr(tracker, "count"):  # a Mean: total / count
-                total, count = context.all_reduce(tf.distribute.ReduceOp.SUM, [tracker.total, tracker.count])
+                total, count = all_reduce_sum(context, [tracker.total, tracker.count])
                 out[name] = tf.math.divide_no_nan(total, count)
             else:  # a Sum
-                out[name] = context.all_reduce(tf.distribute.ReduceOp.SUM, tracker.result())
+                out[name] = all_reduce_sum(context, tracker.result())
         return out
 
     def _global_gradient(self, grads):
@@ -643,8 +673,7 @@ class SequenceModel(keras.Model):
         if n == 1:
             return grads, tf.linalg.global_norm(grads)
         present = [i for i, g in enumerate(grads) if g is not None]
-        summed = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
-                                                                [grads[i] for i in present])
+        summed = all_reduce_sum(tf.distribute.get_replica_context(), [grads[i] for i in present])
         norm = tf.linalg.global_norm(summed)
         clip = getattr(self.optimizer, "global_clipnorm", None)
         if clip:
