@@ -38,6 +38,7 @@ flags.DEFINE_integer("seq_len", 256, "Steps per training sequence.")
 flags.DEFINE_integer("steps", 5, "Timed training steps (after 2 warm-up steps).")
 flags.DEFINE_integer("gen_samples", 1, "Sequences per generation call.")
 flags.DEFINE_integer("gen_steps", 700, "Steps per generated sequence.")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the training step (train.py --jit_compile).")
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +73,8 @@ def main(_):
         for objective in FLAGS.objectives:
             settings = training.TrainSettings(objective=objective, num_particles=FLAGS.particles,
                                               kl_regularizer="none")
-            model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings))
+            model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings),
+                          jit_compile=FLAGS.jit_compile)
             start = time.perf_counter()
             model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
             warmup = time.perf_counter() - start
@@ -82,6 +84,7 @@ def main(_):
             entry["train"].append({
                 "objective": objective, "particles": FLAGS.particles if objective != "elbo" else 1,
                 "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "timed_steps": FLAGS.steps,
+                "jit_compile": FLAGS.jit_compile,
                 "steps_per_second": round(FLAGS.steps / elapsed, 3), "seconds_per_step": round(elapsed / FLAGS.steps, 3),
                 "sequences_per_second": round(FLAGS.batch_size * FLAGS.steps / elapsed, 2),
                 "warmup_seconds_2_steps_incl_tracing": round(warmup, 1)})

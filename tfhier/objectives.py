@@ -423,7 +423,8 @@ def particle_filter(propose_and_weight, initial_state, mask, num_particles, resa
 
     zeros = tf.zeros([b])
     _, _, log_w, log_p_hat, resampled, kl = tf.while_loop(
-        lambda t, *_: t < t_len, body, (tf.constant(0), initial_state, tf.zeros([k, b]), zeros, zeros, zeros))
+        lambda t, *_: t < t_len, body, (tf.constant(0), initial_state, tf.zeros([k, b]), zeros, zeros, zeros),
+        maximum_iterations=t_len)  # (a bound on its length, for XLA's gradient of the loop)
     return log_p_hat + tf.reduce_logsumexp(log_w, 0) - log_k, resampled, kl
 
 

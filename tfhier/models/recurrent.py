@@ -160,7 +160,9 @@ class RecurrentModel(SequenceModel):
         sizes = (z_dim,) * 5 + (self.head.param_size,)
         arrays = tuple(tf.TensorArray(tf.float32, size=t_len, element_shape=tf.TensorShape([None, n]))
                        for n in sizes)
-        _, _, arrays = tf.while_loop(lambda t, *_: t < t_len, body, (tf.constant(0), self.initial_state(b), arrays))
+        # (maximum_iterations: XLA, train.py --jit_compile, differentiates a loop only with a bound on its length.)
+        _, _, arrays = tf.while_loop(lambda t, *_: t < t_len, body, (tf.constant(0), self.initial_state(b), arrays),
+                                     maximum_iterations=t_len)
         p_loc, p_scale, q_loc, q_scale, z, eta = (tf.transpose(a.stack(), [1, 0, 2]) for a in arrays)
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta,
                            posteriors=[tfd.Normal(q_loc, q_scale)], priors=[tfd.Normal(p_loc, p_scale)],
