@@ -32,6 +32,8 @@ flags.DEFINE_integer("seq_len", 1024, "Steps per sequence.")
 flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the step.")
 flags.DEFINE_string("downsampling", "strided", "strided (paper) or sum_pool (authors' code).")
+flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow's intra-op thread pool size (0: TensorFlow's default, the CPUs).")
+flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow's inter-op thread pool size (0: TensorFlow's default).")
 FLAGS = flags.FLAGS
 
 
@@ -39,6 +41,10 @@ def main(_):
     import numpy as np
     import tensorflow as tf
 
+    if FLAGS.intra_op_threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.intra_op_threads)
+    if FLAGS.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(FLAGS.inter_op_threads)
     from tfhier import training
     from tfhier.models import MSSTCN
 
@@ -62,9 +68,13 @@ def main(_):
         "benchmark": "msstcn_train_step", "config": "configs/iam.cfg model", "params": model.count_params(),
         "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "jit_compile": FLAGS.jit_compile,
         "downsampling": FLAGS.downsampling, "timed_steps": FLAGS.steps,
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "seconds_per_step": round(elapsed / FLAGS.steps, 3),
         "warmup_seconds_2_steps_incl_tracing": round(warmup, 1),
         "sequences_per_second": round(FLAGS.batch_size * FLAGS.steps / elapsed, 2),
+        "time_steps_per_second": round(FLAGS.batch_size * FLAGS.seq_len * FLAGS.steps / elapsed),
         "peak_rss_gb": round(peak_kb / 1024 ** 2, 2), "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "tensorflow": tf.__version__}))
 
