@@ -37,7 +37,7 @@ from tfhier.rundir import RunDirError, RunLock, checkpoint_prefixes, repair_stat
 from tfhier.data.base import SequenceData
 from tfhier.data.pipeline import make_dataset
 from tfhier.models import build_model
-from tfhier.models.base import naive_generation_problem
+from tfhier.models.base import multi_worker, naive_generation_problem
 from tfhier import samples as samples_lib
 
 
@@ -303,7 +303,7 @@ def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.di
 
 
 def is_multi_worker(strategy) -> bool:
-    return strategy is not None and strategy.extended._in_multi_worker_mode()
+    return strategy is not None and multi_worker(strategy)
 
 
 def is_chief(strategy) -> bool:
@@ -596,7 +596,7 @@ class TrainingMonitor(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir, settings: TrainSettings, checkpointer: Checkpointer, objective,
-                 data: SequenceData):
+                 data: SequenceData, multi_worker: bool = False):
         super().__init__()
         self.s = settings
         self.run_dir = run_dir
@@ -612,7 +612,7 @@ class TrainingMonitor(keras.callbacks.Callback):
         self._last_save = time.monotonic()
         self._began = False
         self.progress = Progress(settings.train_steps, settings.verbose, objective.BOUND)
-        self.multi_worker = False
+        self.multi_worker = multi_worker
 
     def _step(self):
         return int(self.model.optimizer.iterations.numpy())
@@ -889,8 +889,8 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     # full batch, is the same on 1 or N devices).
     valid_ds = valid_ds.map(lambda x, mask: fill_batch(x, mask, settings.batch_size))
     valid_ds = distribute(strategy, valid_ds, settings.batch_size)
-    monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data)
-    monitor.multi_worker = is_multi_worker(strategy)
+    monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data,
+                              multi_worker=is_multi_worker(strategy))
     write_hparams(run_dir, config, settings)
     stop.model = model
     if stop.received is not None:

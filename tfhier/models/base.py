@@ -185,9 +185,10 @@ def all_reduce_sum(context, values):
     return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.nest.map_structure(tf.identity, values))
 
 
-def _multi_worker() -> bool:
-    """Whether the current strategy spans several workers (MultiWorkerMirroredStrategy with a cluster)."""
-    extended = tf.distribute.get_strategy().extended
+def multi_worker(strategy=None) -> bool:
+    """Whether ``strategy`` (default: the current one) spans several workers (MultiWorkerMirroredStrategy with a
+    cluster)."""
+    extended = (strategy or tf.distribute.get_strategy()).extended
     return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
 
 
@@ -641,7 +642,7 @@ class SequenceModel(keras.Model):
         if n == 1:
             return {name: self._trackers[name].result() for name in names}
         context = tf.distribute.get_replica_context()
-        if _multi_worker():
+        if multi_worker():
             # Keras averages a multi-worker step's outputs over their axis 0 (TF backend, reduce_per_replica):
             # one-element vectors, equal on every replica, come back as the scalars.
             return {k: tf.reshape(v, [1]) for k, v in self._reduced_results(names, context).items()}
