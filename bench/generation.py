@@ -12,14 +12,17 @@ for the others), with random weights (the cost does not depend on their values).
 
 Methods:
 
-* ``cached``: ``model.generate`` (tfhier.generation, per-layer state, constant
-  cost per step) in one graph-mode tf.function with tensor arguments, the way
-  ``model.generate`` runs when called eagerly (and the way a SavedModel
-  runs it): traced once for every size.
-* ``xla``: the same cached loop with ``jit_compile=True`` and the sizes as
-  Python ints (static shapes; one compilation per size).  XLA draws its
-  stateless random numbers with its own implementation, so its samples are
-  a different (equally valid) draw than graph mode's for the same seed.
+* ``cached``: ``model.generate`` (per-layer state, constant cost per step) in
+  one graph-mode tf.function with tensor arguments, the way ``model.generate``
+  runs when called eagerly (and the way ``sample.py`` and a SavedModel run
+  it): traced once for every size; each step is one XLA computation
+  (tfhier.models.base.generation_step), compiled once per batch size.
+* ``graph``: the same with ``model.xla_generation = False`` (every op of the
+  step dispatched by the graph executor: what the default path was before).
+  XLA draws its stateless random numbers with its own implementation, so its
+  samples are a different (equally valid) draw than this one's for a seed.
+* ``xla``: the whole cached loop with ``jit_compile=True`` and the sizes as
+  Python ints (static shapes; one compilation per size).
 * ``naive``: ``model.generate_naive`` (re-runs the whole network over the
   buffer at every step, cost quadratic in the length), only up to
   ``--naive_max_steps`` x ``--naive_max_samples`` (default 700 x 1): larger
@@ -58,7 +61,7 @@ warnings.filterwarnings("ignore")
 from absl import app, flags  # noqa: E402
 
 flags.DEFINE_list("models", [], "Models to time (default: every registered model).")
-flags.DEFINE_list("methods", ["cached", "xla", "naive"], "Any of cached, xla, naive (saved_model is added by "
+flags.DEFINE_list("methods", ["cached", "graph", "xla", "naive"], "Any of cached, graph, xla, naive (saved_model is added by "
                   "--saved_model).")
 flags.DEFINE_list("steps", ["700", "1400"], "Sequence lengths to time.")
 flags.DEFINE_list("samples", ["1", "64"], "Batch sizes (samples drawn per call) to time.")
@@ -68,10 +71,16 @@ flags.DEFINE_integer("naive_max_samples", 1, "... and this many samples (it is q
 flags.DEFINE_string("saved_model", None, "Also time the `sample` signature of this SavedModel directory; "
                     "'export': of this benchmark's model, exported to a temporary directory.")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
+flags.DEFINE_float("authors_700x1_s", None, "The authors' sampler's time for 1 x 700 steps measured on this machine "
+                   "(../shared/anchor_bench: bench_ms_stcn.py --mode sample), for the speed-up figures.")
 FLAGS = flags.FLAGS
 
 #: the issue's reference: the authors' MS-STCN code, one 700-step handwriting sample on this machine
-AUTHORS_700X1_S = 10.0
+AUTHORS_700X1_S = 5.4  # stop 17's side-by-side run; bench_ms_stcn.py --mode sample measures it
+
+
+def _authors_s():
+    return FLAGS.authors_700x1_s or AUTHORS_700X1_S
 
 
 def _load_average():
@@ -125,7 +134,7 @@ def main(_):
 
     from tfhier.models import MODELS
 
-    unknown = set(FLAGS.methods) - {"cached", "xla", "naive"}
+    unknown = set(FLAGS.methods) - {"cached", "graph", "xla", "naive"}
     if unknown:
         sys.exit(f"bench/generation.py: error: unknown --methods {sorted(unknown)}")
     names = FLAGS.models or sorted(MODELS)
@@ -139,7 +148,7 @@ def main(_):
         reports.append(time_model(name, model, config))
     print(json.dumps({
         "benchmark": "generation", "temperature": FLAGS.temperature, "repeats": FLAGS.repeats,
-        "authors_700x1_s_reference": AUTHORS_700X1_S, "models": reports,
+        "authors_700x1_s_reference": _authors_s(), "models": reports,
         "load_average_1min": {"before": load_before, "after": _load_average()}, "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "tensorflow": tf.__version__}, indent=1))
 
@@ -157,7 +166,10 @@ def time_model(name, model, config):
     graph_out = {}
     print(f"timing {name} ({model.count_params():,} parameters)", file=sys.stderr, flush=True)
 
-    if "cached" in FLAGS.methods:
+    for method in ("cached", "graph"):
+        if method not in FLAGS.methods:
+            continue
+        model.xla_generation = method == "cached"
         fn = tf.function(lambda n, t, s, temp: model.generate(n, t, s, temp), autograph=False)
         start = time.perf_counter()
         fn.get_concrete_function(tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32),
@@ -167,10 +179,14 @@ def time_model(name, model, config):
             for t in steps:
                 first, walls, cpus, out = _time_calls(
                     lambda: fn(tf.constant(n), tf.constant(t), seed, temperature).numpy(), FLAGS.repeats)
-                graph_out[(n, t)] = out
-                results.append(_entry("cached", n, t, trace, first, walls, cpus,
-                                      graph="one tf.function, tensor arguments (dynamic shapes)"))
+                if method == "cached":
+                    graph_out[(n, t)] = out
+                results.append(_entry(method, n, t, trace, first, walls, cpus, graph=(
+                    "one tf.function, tensor arguments (dynamic shapes), each step one XLA computation "
+                    "(first_call_s includes its compilation)" if method == "cached" else
+                    "one tf.function, tensor arguments, plain graph mode (model.xla_generation = False)")))
                 trace = None  # traced once for all sizes; first_call_s of later sizes is a plain run
+        model.xla_generation = True
     if "xla" in FLAGS.methods:
         for n in samples:
             for t in steps:
@@ -246,10 +262,10 @@ def time_model(name, model, config):
         return None
 
     summary = {}
-    for method in ("cached", "xla", "saved_model", "naive"):
+    for method in ("cached", "graph", "xla", "saved_model", "naive"):
         one = warm(method, 1, 700)
         if one and name == "msstcn":  # the reference is the authors' MS-STCN sampler
-            summary[f"{method}_speedup_vs_authors_700x1"] = round(AUTHORS_700X1_S / one, 1)
+            summary[f"{method}_speedup_vs_authors_700x1"] = round(_authors_s() / one, 1)
         for n in samples:
             a, b = warm(method, n, 700), warm(method, n, 1400)
             if a and b:

@@ -128,6 +128,30 @@ def test_inner_loops_match_unrolled(models):
         np.testing.assert_allclose(got, model.continue_sequences(x, lengths, 6, SEED), atol=TOL)
 
 
+def test_top_steps_per_xla_call_and_plain_graph_mode(models):
+    """However many top-layer steps one XLA computation runs, the same samples; with xla_generation off (plain
+    graph mode: other random numbers for a seed) cached and naive still agree, and differ from XLA's draw."""
+    model = models("strides_1_2_2")  # 4 fine steps per top step: 13 steps end inside a launch
+    expected = model.generate(2, 13, SEED).numpy()
+    x, lengths = prefix_batch(model, [6, 2], 6)
+    expected_cont = model.continue_sequences(x, lengths, 5, SEED).numpy()
+    for calls in (1, 3):
+        gen = model.generator(top_steps_per_call=calls)
+        np.testing.assert_allclose(tf.function(lambda: gen.sample(2, 13, SEED), autograph=False)(), expected,
+                                   atol=TOL)
+        got = tf.function(lambda: gen.continue_sequences(x, lengths, 5, SEED), autograph=False)()
+        np.testing.assert_allclose(got, expected_cont, atol=TOL)
+    model.xla_generation = False
+    try:
+        graph = tf.function(lambda: model.generator().sample(2, 13, SEED), autograph=False)().numpy()
+        naive = tf.function(lambda: model._naive_sample(None, None, 13, SEED, 1.0, num_samples=2),
+                            autograph=False)().numpy()
+    finally:
+        model.xla_generation = True
+    assert_same(graph, naive)
+    assert np.abs(graph - expected).max() > 1e-2
+
+
 def test_same_seed_same_samples_other_seed_other_samples(models):
     model = models("strides_1_2_2")
     a = model.generate(2, 17, SEED).numpy()

@@ -384,8 +384,16 @@ class ExportResult:
 
 
 def export_run(run_dir, export_base, *, version: Optional[int] = None, model_name: Optional[str] = None,
-               limits: Limits = Limits(), checkpoint: Optional[str] = None) -> ExportResult:
+               limits: Limits = Limits(), checkpoint: Optional[str] = None,
+               xla_generation: bool = True) -> ExportResult:
     """Exports run ``run_dir`` (latest checkpoint unless ``checkpoint``) to ``export_base/model_name/version``.
+
+    ``xla_generation``: the sample and continue signatures run each generation
+    step as an XLA computation (tfhier.models.base.generation_step; up to 6x
+    faster on CPU); False writes plain graph-mode signatures, for a server
+    without XLA's CPU JIT (TF Serving's CPU build refuses XLA unless started with
+    ``--xla_cpu_compilation_enabled=true``).  The two draw different samples
+    for a seed.
 
     The SavedModel is written to a hidden temporary folder next to the
     version folder and renamed into place once complete, so TF Serving never
@@ -402,6 +410,7 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
     model_name, version, model_dir, version_dir = plan_export(run_dir, export_base, version, model_name)
     config = runs.read_config(run_dir)
     model, ckpt, step = runs.load_model(run_dir, checkpoint, config)
+    model.xla_generation = bool(xla_generation)
     if limits.max_steps is None:  # not given: the default, or the naive sampler's limit without a cached generator
         limits = dataclasses.replace(limits, max_steps=DEFAULT_MAX_STEPS if model.has_cached_generator else
                                      min(DEFAULT_MAX_STEPS, NAIVE_MAX_STEPS))
@@ -428,6 +437,7 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
         "data_info": config.get("data_info", {}),
         "latent_layers": list(model.latent_layer_names),
         "time_multiple": int(model.time_multiple),
+        "xla_generation": model.xla_generation,
         "limits": dataclasses.asdict(limits),
         "signatures": signature_info(model, limits),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

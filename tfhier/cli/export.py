@@ -47,6 +47,9 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints
 flags.DEFINE_integer("max_steps", None, "Largest num_steps the sample and continue signatures accept (and the "
                      "longest prefix continue accepts). Default 5000 (1000 for a model without a cached generator, "
                      "whose sampler costs quadratic time).")
+flags.DEFINE_boolean("xla_generation", True, "Run each generation step of the sample and continue signatures as "
+                     "an XLA computation (fast; TF Serving's CPU build then needs --xla_cpu_compilation_enabled=true). "
+                     "--noxla_generation: plain graph mode (slower; another draw for a seed).")
 flags.DEFINE_integer("max_samples", 256, "Largest num_samples the sample signature accepts (and the most "
                      "prefixes continue accepts).")
 
@@ -104,7 +107,7 @@ def main(argv):
         result = serving.export_run(
             FLAGS.run_dir, FLAGS.export_base, version=FLAGS.version, model_name=FLAGS.model_name,
             limits=serving.Limits(max_steps=FLAGS.max_steps, max_samples=FLAGS.max_samples),
-            checkpoint=FLAGS.checkpoint)
+            checkpoint=FLAGS.checkpoint, xla_generation=FLAGS.xla_generation)
     except (RunError, serving.ExportError) as e:
         sys.exit(f"export.py: error: {e}")
     names = ", ".join(result.info["signatures"])

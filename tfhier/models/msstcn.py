@@ -65,8 +65,9 @@ import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed,
-                                graph_call, head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs,
-                                output_step_seed, primed_latent_mask, replica_rows, stateless_seed)
+                                generation_step, graph_call, head_hparams, latent_noise, latent_normal,
+                                make_model_head, masked_inputs, output_step_seed, primed_latent_mask, replica_rows,
+                                stateless_seed)
 from tfhier.models.hparams import HParam
 
 
@@ -340,10 +341,13 @@ class MSSTCNGenerator:
       max_unroll: the most fine steps one top-layer step may unroll in the
         graph; a layer whose children would exceed it loops over them with an
         inner ``tf.while_loop`` instead.
+      top_steps_per_call: top-layer steps per XLA computation when
+        ``model.xla_generation`` (one per call otherwise).
     """
 
-    def __init__(self, model, max_unroll=16):
+    def __init__(self, model, max_unroll=16, top_steps_per_call=16):
         self.model = model
+        self.top_steps_per_call = int(top_steps_per_call)
         self.strides = list(model.strides)
         self.factors = list(model.factors)
         self.n = len(self.strides)
@@ -389,27 +393,71 @@ class MSSTCNGenerator:
             if not isinstance(batch, int):
                 batch = tf.cast(batch, tf.int32)
             n_alloc = n_run = _ceil_div(num_steps, m)
+        # One XLA computation (generation_step) runs `calls` top-layer steps: its launch costs ~4 ms on CPU
+        # (measured: 1 x 700 steps took 0.39 s with one top step per launch); the last launch may run
+        # up to calls - 1 top steps past the end, whose outputs are dropped.
+        calls = self.top_steps_per_call if model.xla_generation else 1
+        n_launch = _ceil_div(n_run, calls)
+        n_alloc = _ceil_div(n_alloc, calls) * calls
         latent_seed = generation_latent_seed(seed)
-        ctx.eps = [latent_noise(latent_seed, l, n_alloc * (m // self.factors[l]), batch, model.latent_dims_[l])
-                   for l in range(self.n)] if model.use_latents else []
+        # Per top-layer step: k[l] latent steps of layer l, m fine steps.
+        k = [m // f for f in self.factors]
+        eps = [latent_noise(latent_seed, l, n_alloc * k[l], batch, model.latent_dims_[l])
+               for l in range(self.n)] if model.use_latents else []
+        prefix_blocks = d_obs = None
+        if ctx.primed:
+            # Padded to whole launches, so every launch's slice has a static shape (steps past a row's
+            # prefix are never read: tf.where on the lengths).
+            prefix_blocks = tf.pad(prefix, [[0, 0], [0, n_alloc * m - t0], [0, 0]])
+            d_obs = [tf.pad(d, [[0, 0], [0, n_alloc * k[l] - tf.shape(d)[1]], [0, 0]]) for l, d in enumerate(ctx.d_obs)]
+            lengths = ctx.lengths
 
+        def launch(i, state, eps_blk, seed, temperature, prefix_blk, lengths, d_obs_blk):
+            """Top-layer steps i * calls ... (i + 1) * calls - 1: one XLA computation (generation_step)."""
+            step_ctx = SimpleNamespace(seed=seed, temperature=temperature, primed=ctx.primed, eps=eps_blk,
+                                       prefix=prefix_blk, lengths=lengths, d_obs=d_obs_blk,
+                                       fine_base=i * calls * m, base=[i * calls * k_l for k_l in k])
+
+            def top_step(j, state):
+                with step_weights():
+                    state, _ = self._layer_step(self.n - 1, i * calls + j, None, state, step_ctx)
+                return j + 1, state
+
+            state = dict(state, out=tf.TensorArray(tf.float32, size=calls * m, element_shape=tf.TensorShape(
+                [None, model.input_dim])))
+            if calls == 1:
+                _, state = top_step(0, state)
+            else:
+                _, state = tf.while_loop(lambda j, _: j < calls, top_step, (tf.constant(0), state))
+            ys = state.pop("out").stack()  # [calls * m, B, D]
+            return state, ys
+
+        launch = generation_step(model, launch)
         state = {
             "bottom_up": tuple(net.initial_state(batch) for net in model.bottom_up),
             "d_prev": tuple(tf.zeros(tf.stack([batch, c])) for c in model.channels),
-            "out": tf.TensorArray(tf.float32, size=n_alloc * m, element_shape=tf.TensorShape(
-                [batch if isinstance(batch, int) else None, model.input_dim])),
         }
+        out = tf.TensorArray(tf.float32, size=n_alloc // calls, element_shape=tf.TensorShape(
+            [calls * m, batch if isinstance(batch, int) else None, model.input_dim]))
+        span = [calls * k_l for k_l in k]
 
-        def body(tau, state):
-            with step_weights():
-                state, _ = self._layer_step(self.n - 1, tau, None, state, ctx)
-            return tau + 1, state
+        def body(i, state, out):
+            eps_blk = [tf.gather(e, i * span[l] + tf.range(span[l])) for l, e in enumerate(eps)]
+            prefix_blk = d_obs_blk = None
+            if ctx.primed:
+                prefix_blk = tf.gather(prefix_blocks, i * calls * m + tf.range(calls * m), axis=1)
+                d_obs_blk = [tf.gather(d, i * span[l] + tf.range(span[l]), axis=1) for l, d in enumerate(d_obs)]
+            state, ys = launch(i, state, eps_blk, ctx.seed, ctx.temperature, prefix_blk,
+                               lengths if ctx.primed else None, d_obs_blk)
+            return i + 1, state, out.write(i, ys)
 
-        _, state = tf.while_loop(lambda tau, _: tau < n_run, body, (tf.constant(0), state))
+        _, state, out = tf.while_loop(lambda i, *_: i < n_launch, body, (tf.constant(0), state, out))
+        d = model.input_dim
         if ctx.primed:
-            steps = tf.transpose(state["out"].gather(tf.range(n_run * m)), [1, 0, 2])
-            return gather_continuations(steps, lengths, num_steps)
-        return tf.transpose(state["out"].stack(), [1, 0, 2])[:, :num_steps]
+            steps = tf.reshape(out.gather(tf.range(n_launch)), [n_launch * calls * m, -1, d])
+            return gather_continuations(tf.transpose(steps, [1, 0, 2]), lengths, num_steps)
+        steps = tf.reshape(out.stack(), [n_alloc * m, -1, d])
+        return tf.transpose(steps, [1, 0, 2])[:, :num_steps]
 
     def _layer_step(self, l, tau, g, state, ctx):
         """Coarse step ``tau`` of layer l (0-based) given ``g^(l)`` of it ([B, C], None at the top):
@@ -430,12 +478,10 @@ class MSSTCNGenerator:
         model = self.model
         with tf.name_scope(f"top_down_{l + 1}"):
             prior = latent_normal(model.prior_proj[l].step1(h))
-            eps = tf.gather(ctx.eps[l], tau)
+            eps = tf.gather(ctx.eps[l], tau - ctx.base[l])
             z = prior.loc + prior.scale * (ctx.temperature * eps)
             if ctx.primed:
-                d_obs = ctx.d_obs[l]
-                observed_steps = tf.shape(d_obs)[1] if d_obs.shape[1] is None else int(d_obs.shape[1])
-                d_now = tf.gather(d_obs, tf.minimum(tau, observed_steps - 1), axis=1)
+                d_now = tf.gather(ctx.d_obs[l], tau - ctx.base[l], axis=1)
                 posterior = latent_normal(model.posterior_proj[l].step1(tf.concat([h, d_now], axis=-1)))
                 use_posterior = self.factors[l] * (tau + 1) <= ctx.lengths
                 z = tf.where(use_posterior[:, None], posterior.loc + posterior.scale * eps, z)
@@ -488,9 +534,9 @@ class MSSTCNGenerator:
         with tf.name_scope("head_sample"):
             y = model.sample_step(eta, output_step_seed(ctx.seed, t), ctx.temperature)
         if ctx.primed:
-            observed = tf.gather(ctx.prefix, tf.minimum(t, ctx.t0 - 1), axis=1)
+            observed = tf.gather(ctx.prefix, t - ctx.fine_base, axis=1)
             y = tf.where((t < ctx.lengths)[:, None], observed, y)
         state = dict(state)
-        state["out"] = state["out"].write(t, y)
+        state["out"] = state["out"].write(t - ctx.fine_base, y)
         with tf.name_scope("input_proj"):
             return state, model.input_proj.step1(y)

@@ -58,8 +58,7 @@ import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed, graph_call,
-                                head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs,
-                                output_step_seed)
+                                head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs)
 from tfhier.models.hparams import HParam, HParamError
 from tfhier.models.recurrent import RecurrentModel
 from tfhier.models.vrnn import cell_state, run_cell
@@ -279,7 +278,7 @@ class VRAE(SequenceModel):
         eta = out.likelihood_params
 
         def body(t, ta):
-            return t + 1, ta.write(t, self.sample_step(eta[:, t], output_step_seed(seed, t), temperature))
+            return t + 1, ta.write(t, self.draw_step(eta[:, t], seed, t, temperature))
 
         _, ta = tf.while_loop(lambda t, _: t < total, body,
                               (tf.constant(0), tf.TensorArray(tf.float32, size=total,
