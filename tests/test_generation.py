@@ -34,6 +34,7 @@ def tiny(**overrides):
     config.update(overrides)
     tf.keras.utils.set_random_seed(0)
     model = MSSTCN(3 if config["head"] == "handwriting" else 4, **config).build_for_data()
+    model.xla_generation = True  # the users' default (tests/conftest.py turns it off elsewhere)
     # Random (not zero) latent projections so every latent path matters; a smaller output projection
     # keeps samples O(1) over the steps drawn, so an absolute tolerance means float rounding.
     for layer in model.prior_proj + model.posterior_proj:

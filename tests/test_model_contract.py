@@ -251,6 +251,7 @@ def test_kl_names_match_the_latent_layers(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_cached_generation_equals_the_naive_reference(name):
     model = tiny(name)
+    model.xla_generation = True  # the users' default (tests/conftest.py turns it off elsewhere)
     if not model.has_cached_generator:
         pytest.skip(f"{name} declares no cached generator")
     cached = model.generate(3, 14, SEED, 0.7)
@@ -265,6 +266,7 @@ def test_cached_generation_equals_the_naive_reference(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_cached_continuation_equals_the_naive_reference(name):
     model = tiny(name)
+    model.xla_generation = True  # the users' default (tests/conftest.py turns it off elsewhere)
     if not model.has_cached_generator:
         pytest.skip(f"{name} declares no cached generator")
     x, lengths = handwriting(3, 11), np.array([11, 5, 8], np.int32)

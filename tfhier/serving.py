@@ -385,7 +385,7 @@ class ExportResult:
 
 def export_run(run_dir, export_base, *, version: Optional[int] = None, model_name: Optional[str] = None,
                limits: Limits = Limits(), checkpoint: Optional[str] = None,
-               xla_generation: bool = True) -> ExportResult:
+               xla_generation: Optional[bool] = None) -> ExportResult:
     """Exports run ``run_dir`` (latest checkpoint unless ``checkpoint``) to ``export_base/model_name/version``.
 
     ``xla_generation``: the sample and continue signatures run each generation
@@ -393,7 +393,7 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
     faster on CPU); False writes plain graph-mode signatures, for a server
     without XLA's CPU JIT (TF Serving's CPU build refuses XLA unless started with
     ``--xla_cpu_compilation_enabled=true``).  The two draw different samples
-    for a seed.
+    for a seed.  None: the models' default (True unless TFHIER_XLA_GENERATION=0).
 
     The SavedModel is written to a hidden temporary folder next to the
     version folder and renamed into place once complete, so TF Serving never
@@ -410,7 +410,8 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
     model_name, version, model_dir, version_dir = plan_export(run_dir, export_base, version, model_name)
     config = runs.read_config(run_dir)
     model, ckpt, step = runs.load_model(run_dir, checkpoint, config)
-    model.xla_generation = bool(xla_generation)
+    if xla_generation is not None:
+        model.xla_generation = bool(xla_generation)
     if limits.max_steps is None:  # not given: the default, or the naive sampler's limit without a cached generator
         limits = dataclasses.replace(limits, max_steps=DEFAULT_MAX_STEPS if model.has_cached_generator else
                                      min(DEFAULT_MAX_STEPS, NAIVE_MAX_STEPS))

@@ -47,9 +47,10 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints
 flags.DEFINE_integer("max_steps", None, "Largest num_steps the sample and continue signatures accept (and the "
                      "longest prefix continue accepts). Default 5000 (1000 for a model without a cached generator, "
                      "whose sampler costs quadratic time).")
-flags.DEFINE_boolean("xla_generation", True, "Run each generation step of the sample and continue signatures as "
+flags.DEFINE_boolean("xla_generation", None, "Run each generation step of the sample and continue signatures as "
                      "an XLA computation (fast; TF Serving's CPU build then needs --xla_cpu_compilation_enabled=true). "
-                     "--noxla_generation: plain graph mode (slower; another draw for a seed).")
+                     "--noxla_generation: plain graph mode (slower; another draw for a seed). Default: on, unless "
+                     "TFHIER_XLA_GENERATION=0.")
 flags.DEFINE_integer("max_samples", 256, "Largest num_samples the sample signature accepts (and the most "
                      "prefixes continue accepts).")
 
