@@ -388,13 +388,14 @@ class MSSTCNGenerator:
             # d^(l) of every latent step inside the prefix, for the posteriors of the primed steps.
             t0_pad = _ceil_div(t0, m) * m
             ctx.d_obs = model.bottom_up_features(tf.pad(prefix, [[0, 0], [0, t0_pad - t0], [0, 0]]))
-            ctx.prefix, ctx.lengths, ctx.t0 = prefix, lengths, t0
+            ctx.lengths = lengths
         else:
             if not isinstance(batch, int):
                 batch = tf.cast(batch, tf.int32)
             n_alloc = n_run = _ceil_div(num_steps, m)
-        # One XLA computation (generation_step) runs `calls` top-layer steps: its launch costs ~4 ms on CPU
-        # (measured: 1 x 700 steps took 0.39 s with one top step per launch); the last launch may run
+        # One XLA computation (generation_step) runs `calls` top-layer steps, because launching one costs
+        # milliseconds on CPU (1 x 700 steps: 0.39 s with one top step per launch, 88 launches; 0.073 s with
+        # 16 per launch, bench/generation.py); the last launch may run
         # up to calls - 1 top steps past the end, whose outputs are dropped.
         calls = self.top_steps_per_call if model.xla_generation else 1
         n_launch = _ceil_div(n_run, calls)
@@ -410,7 +411,6 @@ class MSSTCNGenerator:
             # prefix are never read: tf.where on the lengths).
             prefix_blocks = tf.pad(prefix, [[0, 0], [0, n_alloc * m - t0], [0, 0]])
             d_obs = [tf.pad(d, [[0, 0], [0, n_alloc * k[l] - tf.shape(d)[1]], [0, 0]]) for l, d in enumerate(ctx.d_obs)]
-            lengths = ctx.lengths
 
         def launch(i, state, eps_blk, seed, temperature, prefix_blk, lengths, d_obs_blk):
             """Top-layer steps i * calls ... (i + 1) * calls - 1: one XLA computation (generation_step)."""
