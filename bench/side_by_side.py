@@ -29,6 +29,8 @@ flags.DEFINE_list("sizes", ["128x1024", "32x256"], "Batch x sequence length, com
 flags.DEFINE_integer("steps", 6, "Timed steps per process (after warm-up).")
 flags.DEFINE_integer("threads", 0, "torch.set_num_threads for the authors' code (0: the number of CPUs).")
 flags.DEFINE_string("tfhier_flags", "", "Extra flags for bench/train_step.py (e.g. '--jit_compile').")
+flags.DEFINE_boolean("mixed_precision_too", False, "Each pair also runs bench/train_step.py --mixed_precision "
+                     "(after tfhier's float32 step): the 'tfhier_mp_*' figures and 'ratio_mp'.")
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,18 +73,29 @@ def main(argv):
             ours, ours_rss = run_measured(
                 [sys.executable, os.path.join(REPO, "bench", "train_step.py"), f"--batch_size={batch}",
                  f"--seq_len={seq_len}", f"--steps={FLAGS.steps}", *FLAGS.tfhier_flags.split()])
-            pairs.append({"authors_seq_per_s": authors["seq_per_s"], "authors_peak_rss_gb": authors_rss,
-                          "authors_params": authors["params"],
-                          "tfhier_seq_per_s": ours["sequences_per_second"], "tfhier_peak_rss_gb": ours_rss,
-                          "tfhier_params": ours["params"],
-                          "ratio": round(ours["sequences_per_second"] / authors["seq_per_s"], 2),
-                          "load_average": os.getloadavg()[0]})
+            pair = {"authors_seq_per_s": authors["seq_per_s"], "authors_peak_rss_gb": authors_rss,
+                    "authors_params": authors["params"],
+                    "tfhier_seq_per_s": ours["sequences_per_second"], "tfhier_peak_rss_gb": ours_rss,
+                    "tfhier_params": ours["params"],
+                    "ratio": round(ours["sequences_per_second"] / authors["seq_per_s"], 2)}
+            if FLAGS.mixed_precision_too:
+                mixed, mixed_rss = run_measured(
+                    [sys.executable, os.path.join(REPO, "bench", "train_step.py"), f"--batch_size={batch}",
+                     f"--seq_len={seq_len}", f"--steps={FLAGS.steps}", "--mixed_precision",
+                     *FLAGS.tfhier_flags.split()])
+                pair.update(tfhier_mp_seq_per_s=mixed["sequences_per_second"], tfhier_mp_peak_rss_gb=mixed_rss,
+                            ratio_mp=round(mixed["sequences_per_second"] / authors["seq_per_s"], 2))
+            pair["load_average"] = os.getloadavg()[0]
+            pairs.append(pair)
         ratios = [p["ratio"] for p in pairs]
-        result["sizes"][size] = {"pairs": pairs, "ratio_min": min(ratios), "ratio_max": max(ratios),
+        if FLAGS.mixed_precision_too:
+            result["sizes"].setdefault(size, {}).update(ratio_mp_min=min(p["ratio_mp"] for p in pairs),
+                                                        ratio_mp_max=max(p["ratio_mp"] for p in pairs))
+        result["sizes"].setdefault(size, {}).update({"pairs": pairs, "ratio_min": min(ratios), "ratio_max": max(ratios),
                                  "tfhier_timesteps_per_s_max": round(max(p["tfhier_seq_per_s"] for p in pairs) *
                                                                      seq_len),
                                  "authors_timesteps_per_s_max": round(max(p["authors_seq_per_s"] for p in pairs) *
-                                                                      seq_len)}
+                                                                      seq_len)})
     print(json.dumps(result))
 
 

@@ -1,6 +1,6 @@
 """Benchmark: MS-STCN training step (configs/iam.cfg model) on CPU.
 
-    python bench/train_step.py [--batch_size=128] [--seq_len=1024] [--steps=5] [--jit_compile]
+    python bench/train_step.py [--batch_size=128] [--seq_len=1024] [--steps=5] [--jit_compile] [--mixed_precision]
 
 Prints one JSON object: sequences per second over timed steps (after warm-up)
 and the process's peak resident memory (which includes the 128 x 1024 batch
@@ -31,8 +31,10 @@ flags.DEFINE_integer("batch_size", 128, "Sequences per step.")
 flags.DEFINE_integer("seq_len", 1024, "Steps per sequence.")
 flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the step.")
+flags.DEFINE_boolean("mixed_precision", False, "train.py --mixed_precision: layers in bfloat16.")
 flags.DEFINE_string("downsampling", "strided", "strided (paper) or sum_pool (authors' code).")
-flags.DEFINE_integer("intra_op_threads", 0, "TensorFlow's intra-op thread pool size (0: TensorFlow's default, the CPUs).")
+flags.DEFINE_integer("intra_op_threads", 0,
+                     "TensorFlow's intra-op thread pool size (0: TensorFlow's default, the CPUs).")
 flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow's inter-op thread pool size (0: TensorFlow's default).")
 FLAGS = flags.FLAGS
 
@@ -48,8 +50,9 @@ def main(_):
     from tfhier import training
     from tfhier.models import MSSTCN
 
-    model = MSSTCN(3, head="handwriting", head_components=10, downsampling=FLAGS.downsampling).build_for_data()
-    settings = training.TrainSettings()
+    with training.precision_policy(FLAGS.mixed_precision):
+        model = MSSTCN(3, head="handwriting", head_components=10, downsampling=FLAGS.downsampling).build_for_data()
+    settings = training.TrainSettings(mixed_precision=FLAGS.mixed_precision)
     model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings),
                   jit_compile=FLAGS.jit_compile)
     rng = np.random.default_rng(0)
@@ -67,6 +70,7 @@ def main(_):
     print(json.dumps({
         "benchmark": "msstcn_train_step", "config": "configs/iam.cfg model", "params": model.count_params(),
         "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "jit_compile": FLAGS.jit_compile,
+        "mixed_precision": FLAGS.mixed_precision,
         "downsampling": FLAGS.downsampling, "timed_steps": FLAGS.steps,
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),

@@ -363,6 +363,26 @@ def test_same_seed_same_samples_and_shorter_requests_are_prefixes(loaded):
     assert not np.allclose(other.numpy(), long)
 
 
+def test_xla_signatures_sample_what_the_model_samples_in_process(run_dir, tmp_path):
+    """The users' default export (generation steps as XLA computations; the test suite's default is plain graph
+    mode, tests/conftest.py): its sample and continue signatures draw what the model draws in process with XLA
+    steps."""
+    result = serving.export_run(run_dir, str(tmp_path / "models"), limits=LIMITS, xla_generation=True)
+    assert result.info["xla_generation"] is True
+    loaded = tf.saved_model.load(result.path)
+    model = runs.load_model(run_dir)[0]
+    model.xla_generation = True
+    request = _sample(num_samples=2, num_steps=21)
+    saved = loaded.signatures["sample"](**{k: tf.constant(v) for k, v in request.items()})["samples"].numpy()
+    own = model.generate(2, 21, tf.constant(request["seed"]), 1.0).numpy()
+    np.testing.assert_allclose(saved, own, atol=1e-5, rtol=0)
+    request = _continue(num_steps=9)
+    saved = loaded.signatures["continue"](**{k: tf.constant(v) for k, v in request.items()})
+    own = model.continue_sequences(tf.constant(request["prefix"]), tf.constant(request["prefix_lengths"]), 9,
+                                   tf.constant(request["seed"]), 1.0).numpy()
+    np.testing.assert_allclose(saved["continuations"].numpy(), own, atol=1e-5, rtol=0)
+
+
 def test_models_config_parses_as_a_model_server_config():
     """export/models.config against the fields of TF Serving's ModelServerConfig it uses (text format)."""
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format

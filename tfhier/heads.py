@@ -37,6 +37,11 @@ from tfhier.blocks import CausalConv1D
 
 tfd = tfp.distributions
 
+#: Layers whose outputs parameterise a distribution compute in float32 under a mixed-precision policy too
+#: (its other layers in bfloat16 / float16): densities and KLs need float32's mantissa (a GMM offset with
+#: scale 1e-3 cannot be located to bfloat16's 3 significant digits).
+DISTRIBUTION_DTYPE = "float32"
+
 SCALE_MIN = 1e-3
 SCALE_MAX = 5.0
 
@@ -54,7 +59,7 @@ class Head(keras.layers.Layer):
         self.dim = int(dim)
 
     def build(self, g_shape):
-        self.proj = CausalConv1D(self.param_size, 1, name="proj")
+        self.proj = CausalConv1D(self.param_size, 1, name="proj", dtype=DISTRIBUTION_DTYPE)
 
     @property
     def param_size(self) -> int:

@@ -37,7 +37,7 @@ from tfhier.rundir import RunDirError, RunLock, checkpoint_prefixes, repair_stat
 from tfhier.data.base import SequenceData
 from tfhier.data.pipeline import make_dataset
 from tfhier.models import build_model
-from tfhier.models.base import multi_worker, naive_generation_problem
+from tfhier.models.base import check_mixed_precision, multi_worker, naive_generation_problem, precision_policy
 from tfhier import samples as samples_lib
 
 
@@ -72,6 +72,7 @@ class TrainSettings:
     num_samples: int = 4
     sample_steps: int = 400
     jit_compile: bool = False
+    mixed_precision: bool = False
     max_nonfinite_steps: int = 10
     patience: int = 0
     verbose: str = "auto"
@@ -223,6 +224,14 @@ def _write_flags(run_dir, flags_text, step):
                 return
         path = os.path.join(run_dir, f"flags.step_{step}.cfg")
     atomic_write(path, flags_text)
+
+
+def check_settings_for(model_name, settings: TrainSettings):
+    """Raises ValueError naming the flag if a setting does not apply to the model (before any data is read)."""
+    from tfhier.models import MODELS
+
+    if settings.mixed_precision and model_name in MODELS:
+        check_mixed_precision(MODELS[model_name])
 
 
 def make_optimizer(s: TrainSettings):
@@ -791,6 +800,7 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
     """
     settings.validate()
     check_batch_for(strategy, settings)
+    check_settings_for(model_name, settings)
     data.check()
     if not is_chief(strategy):
         return _train_non_chief(run_dir, model_name, model_config, data, settings, flags_text, strategy,
@@ -847,7 +857,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(settings.seed)
 
-    with strategy.scope():
+    with strategy.scope(), precision_policy(settings.mixed_precision):
         model = build_model(model_name, data.feature_dim, config["model_config"]).build_for_data()
         optimizer = make_optimizer(settings)
         objective = make_objective(settings)
@@ -905,8 +915,8 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
                                 augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
                                 static_shapes=settings.jit_compile)
-        result = model.fit(distribute(strategy, train_ds, settings.batch_size), epochs=1, steps_per_epoch=boundary - step, validation_data=valid_ds,
-                           validation_steps=settings.eval_batches or None, callbacks=[monitor], verbose=0,
+        result = model.fit(distribute(strategy, train_ds, settings.batch_size), epochs=1,
+                           steps_per_epoch=boundary - step, validation_data=valid_ds, validation_steps=settings.eval_batches or None, callbacks=[monitor], verbose=0,
                            shuffle=False)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)

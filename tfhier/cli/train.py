@@ -54,6 +54,10 @@ flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise."
 flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation steps with XLA (on CPU no "
                      "faster than graph mode for MS-STCN and uses more memory, bench/train_step.py; try it on GPUs). "
                      "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
+flags.DEFINE_boolean("mixed_precision", False, "Train the convolutional models under Keras' mixed_bfloat16 policy: "
+                     "layers compute in bfloat16, distributions, KLs and losses in float32, weights and checkpoints "
+                     "stay float32 (evaluate.py, sample.py and export run in float32). bench/train_step.py "
+                     "--mixed_precision measures what it gains on a machine (README \"Mixed precision\").")
 
 # Devices.
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy: "
@@ -157,6 +161,7 @@ def main(argv):
         settings.validate()
         strategy = training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
         training.check_batch_for(strategy, settings)
+        training.check_settings_for(FLAGS.model, settings)
         if settings.objective != "elbo":
             given = [n for n in ("kl_regularizer", "free_bits", "free_bits_halving_steps", "beta_start", "anneal_steps")
                      if FLAGS[n].present]

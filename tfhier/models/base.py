@@ -265,7 +265,7 @@ def latent_normal(params):
     """Eq. (11)/(13): ``[mu, sigma_pre]`` -> element-wise Normal with the A.2 clamped softplus scale."""
     from tfhier.heads import gaussian_scale
 
-    mu, s = tf.split(params, 2, axis=-1)
+    mu, s = tf.split(tf.cast(params, tf.float32), 2, axis=-1)  # float32 under mixed precision too
     return tfd.Normal(mu, gaussian_scale(s))
 
 
@@ -316,6 +316,36 @@ def gather_continuations(sequences, lengths, num_steps):
     """``sequences[b, lengths[b] : lengths[b] + num_steps]`` for every row b: ``[B, num_steps, D]``."""
     idx = tf.cast(lengths, tf.int32)[:, None] + tf.range(num_steps)[None, :]
     return tf.gather(sequences, idx, batch_dims=1)
+
+
+#: the Keras dtype policy of ``train.py --mixed_precision``
+MIXED_PRECISION_POLICY = "mixed_bfloat16"
+
+
+def check_mixed_precision(model_cls, flag="--mixed_precision"):
+    """Raises ValueError naming ``flag`` if the model class does not train under mixed precision."""
+    if not model_cls.mixed_precision:
+        raise ValueError(f"{flag}: {model_cls.NAME or model_cls.__name__} trains in float32 only; "
+                         f"{model_cls.mixed_precision_problem}")
+
+
+@contextlib.contextmanager
+def precision_policy(mixed: bool):
+    """Within this context, layers created (and built) compute under mixed precision if ``mixed``.
+
+    ``mixed_bfloat16``: every layer's variables stay float32 (so checkpoints are the same as a float32 run's,
+    and evaluate.py, sample.py and export rebuild the model in float32), its computation runs in bfloat16, and
+    the layers whose outputs parameterise a distribution (:data:`tfhier.heads.DISTRIBUTION_DTYPE`) in float32,
+    so densities, KLs and losses are float32. bfloat16 has float32's exponent range, so no loss scaling is
+    needed (float16 would need it: it is not offered, see README "Mixed precision").
+    """
+    old = keras.config.dtype_policy()
+    if mixed:
+        keras.config.set_dtype_policy(MIXED_PRECISION_POLICY)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(old)
 
 
 def generation_step(model, fn):
@@ -371,6 +401,11 @@ class SequenceModel(keras.Model):
     #: generation steps run as XLA computations (:func:`generation_step`); False: plain graph mode
     #: (the environment variable TFHIER_XLA_GENERATION=0 makes False the default, e.g. for the test suite)
     xla_generation = os.environ.get("TFHIER_XLA_GENERATION", "1") != "0"
+    #: the model trains under a mixed-precision policy (``train.py --mixed_precision``: its layers compute in
+    #: bfloat16, what parameterises a distribution in float32); False: the model refuses it, with a reason
+    mixed_precision = True
+    #: why ``mixed_precision`` is False (named in the error)
+    mixed_precision_problem = ""
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
         keras_kwargs = {k: kwargs.pop(k) for k in _KERAS_KWARGS if k in kwargs}

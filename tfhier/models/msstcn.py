@@ -64,6 +64,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
+from tfhier.heads import DISTRIBUTION_DTYPE
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed,
                                 generation_step, graph_call, head_hparams, latent_noise, latent_normal,
                                 make_model_head, masked_inputs, output_step_seed, primed_latent_mask, replica_rows,
@@ -139,10 +140,11 @@ class MSSTCN(SequenceModel):
         # the thousands of nats per step that random scale projections give (the paper is silent).
         # Without latents (the deterministic control) there are no projections and g^(l-1) = Wavenet^U(h^(l)).
         k = n if self.use_latents else 0
-        self.prior_proj = [CausalConv1D(2 * self.latent_dims_[l], 1, kernel_initializer="zeros", name=f"prior_{l + 1}")
+        self.prior_proj = [CausalConv1D(2 * self.latent_dims_[l], 1, kernel_initializer="zeros", name=f"prior_{l + 1}",
+                                        dtype=DISTRIBUTION_DTYPE)
                            for l in range(k)]
         self.posterior_proj = [CausalConv1D(2 * self.latent_dims_[l], 1, kernel_initializer="zeros",
-                                            name=f"posterior_{l + 1}")
+                                            name=f"posterior_{l + 1}", dtype=DISTRIBUTION_DTYPE)
                                for l in range(k)]
         self.top_down_g = [
             WaveNet(self.channels[l], dilations=[1] * self.td_blocks, kernel_size=1,
@@ -255,7 +257,7 @@ class MSSTCN(SequenceModel):
             if self.gen_post == "conditional":
                 g = self.top_down_g[l](h, z)
             else:
-                g = self.top_down_g[l](tf.concat([h, z], axis=-1))
+                g = self.top_down_g[l](tf.concat([h, tf.cast(z, h.dtype)], axis=-1))
             latent_masks[l] = tf.sequence_mask(
                 tf.cast(tf.math.ceil(lengths / self.factors[l]), tf.int32), steps_l, dtype=tf.float32)
             posteriors[l], priors[l], zs[l] = posterior, prior, z

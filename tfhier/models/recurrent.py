@@ -50,6 +50,13 @@ from tfhier.models.base import ModelOutput, SequenceModel, latent_noise, masked_
 tfd = tfp.distributions
 
 
+#: why the recurrent models train in float32 only
+RECURRENT_MIXED_PRECISION = (
+    "it is not offered for the recurrent models: their time steps run one after another, each a few small matrix "
+    "products whose cost is per-operation overhead rather than arithmetic, which bfloat16 does not reduce (it adds "
+    "casts)")
+
+
 @dataclasses.dataclass
 class StepOutput:
     """One step of a recurrent model."""
@@ -67,6 +74,9 @@ def _time_slice(prepared, t):
 
 class RecurrentModel(SequenceModel):
     """Base class of the recurrent models (see the module docstring)."""
+
+    mixed_precision = False
+    mixed_precision_problem = RECURRENT_MIXED_PRECISION
 
     stepwise_generation = True
     #: the model's posterior at t depends on x_{<=t} only (FIVO needs a filtering proposal... or at least a

@@ -189,7 +189,7 @@ class STCN(SequenceModel):
                     primed = primed_latent_mask(observed_lengths, 1, t)
                     z = tf.where(primed[..., None], posterior.loc + posterior.scale * eps, z)
             posteriors[l], priors[l], zs[l] = posterior, prior, z
-            z_above = z
+            z_above = tf.cast(z, d[l].dtype)  # the compute dtype of the nets below (bfloat16 under mixed precision)
         eta = self.head(self.output_net(self.observation_input(zs)))
         return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta, posteriors=posteriors,
                            priors=priors, latents=zs, latent_masks=[mask] * n)

@@ -60,7 +60,7 @@ from tfhier.blocks import PointwiseMLP
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed, graph_call,
                                 head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs)
 from tfhier.models.hparams import HParam, HParamError
-from tfhier.models.recurrent import RecurrentModel
+from tfhier.models.recurrent import RECURRENT_MIXED_PRECISION, RecurrentModel
 from tfhier.models.vrnn import cell_state, run_cell
 
 tfd = tfp.distributions
@@ -168,6 +168,8 @@ class VRAE(SequenceModel):
     NAME = "vrae"
     DESCRIPTION = "VRAE (STORN §3.1): a latent sequence decoded by a bidirectional RNN; not autoregressive in x"
     HPARAMS = STORN_HPARAMS
+    mixed_precision = False
+    mixed_precision_problem = RECURRENT_MIXED_PRECISION
     autoregressive = False
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
