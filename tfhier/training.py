@@ -916,7 +916,8 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
                                 augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
                                 static_shapes=settings.jit_compile)
         result = model.fit(distribute(strategy, train_ds, settings.batch_size), epochs=1,
-                           steps_per_epoch=boundary - step, validation_data=valid_ds, validation_steps=settings.eval_batches or None, callbacks=[monitor], verbose=0,
+                           steps_per_epoch=boundary - step, validation_data=valid_ds,
+                           validation_steps=settings.eval_batches or None, callbacks=[monitor], verbose=0,
                            shuffle=False)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
