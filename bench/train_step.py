@@ -1,6 +1,7 @@
 """Benchmark: MS-STCN training step (configs/iam.cfg model) on CPU.
 
     python bench/train_step.py [--batch_size=128] [--seq_len=1024] [--steps=5] [--jit_compile] [--mixed_precision]
+        [--flops]
 
 Prints one JSON object: sequences per second over timed steps (after warm-up)
 and the process's peak resident memory (which includes the 128 x 1024 batch
@@ -36,7 +37,37 @@ flags.DEFINE_string("downsampling", "strided", "strided (paper) or sum_pool (aut
 flags.DEFINE_integer("intra_op_threads", 0,
                      "TensorFlow's intra-op thread pool size (0: TensorFlow's default, the CPUs).")
 flags.DEFINE_integer("inter_op_threads", 0, "TensorFlow's inter-op thread pool size (0: TensorFlow's default).")
+flags.DEFINE_boolean("flops", False, "Also count the step's floating-point operations (TensorFlow's profiler over "
+                     "the traced step with the batch's static shape) and time a large matrix product in float32 and "
+                     "bfloat16: what the step achieves against what this CPU's matrix kernels can do.")
 FLAGS = flags.FLAGS
+
+
+def step_flops(model, x, mask):
+    """Floating-point operations of one training step (forward, backward, optimizer), as TensorFlow's profiler
+    counts them over the graph traced for the batch's static shape (MatMul, Conv, element-wise ops)."""
+    import tensorflow as tf
+    from tensorflow.python.profiler import model_analyzer, option_builder
+
+    spec = (tf.TensorSpec(x.shape, tf.float32), tf.TensorSpec(mask.shape, tf.float32))
+    graph = tf.function(lambda a, b: model.train_step((a, b))).get_concrete_function(*spec).graph
+    builder = option_builder.ProfileOptionBuilder
+    opts = builder(builder.float_operation()).with_empty_output()
+    return model_analyzer.profile(graph, options=opts.build()).total_float_ops
+
+
+def matmul_gflops(dtype, n=2048, repeats=10):
+    """GFLOP/s of an n x n x n matrix product in ``dtype`` (oneDNN's kernels): a practical peak of this CPU."""
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n), dtype=tf.float32)
+    a = tf.cast(a, dtype)
+    product = tf.function(lambda m: tf.matmul(m, m))
+    product(a).numpy()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        product(a).numpy()
+    return round(2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9, 1)
 
 
 def main(_):
@@ -67,6 +98,14 @@ def main(_):
     model.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
     elapsed = time.perf_counter() - start
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    extra = {}
+    if FLAGS.flops:
+        flop = step_flops(model, x, mask)
+        extra = {"step_gflop": round(flop / 1e9, 1),
+                 "mflop_per_time_step": round(flop / x.shape[0] / x.shape[1] / 1e6, 3),
+                 "step_gflop_per_s": round(flop / (elapsed / FLAGS.steps) / 1e9, 1),
+                 "matmul_2048_gflop_per_s_float32": matmul_gflops(tf.float32),
+                 "matmul_2048_gflop_per_s_bfloat16": matmul_gflops(tf.bfloat16)}
     print(json.dumps({
         "benchmark": "msstcn_train_step", "config": "configs/iam.cfg model", "params": model.count_params(),
         "batch_size": FLAGS.batch_size, "seq_len": FLAGS.seq_len, "jit_compile": FLAGS.jit_compile,
@@ -80,7 +119,7 @@ def main(_):
         "sequences_per_second": round(FLAGS.batch_size * FLAGS.steps / elapsed, 2),
         "time_steps_per_second": round(FLAGS.batch_size * FLAGS.seq_len * FLAGS.steps / elapsed),
         "peak_rss_gb": round(peak_kb / 1024 ** 2, 2), "cpu_count": os.cpu_count(),
-        "machine": platform.machine(), "tensorflow": tf.__version__}))
+        "machine": platform.machine(), "tensorflow": tf.__version__, **extra}))
 
 
 if __name__ == "__main__":
