@@ -1,6 +1,7 @@
 """Benchmark: tfhier's MS-STCN training step back to back with the authors' PyTorch code, on this machine.
 
     python bench/side_by_side.py --anchor=$S [--pairs=4] [--sizes=128x1024,32x256] [--steps=6]
+        [--mixed_precision_too] [--busy_cores=1] [--tfhier_flags='--intra_op_threads=1']
 
 ``$S`` is the folder set up as ../shared/anchor_bench/README.md says (``$S/torchenv`` with torch,
 ``$S/MS-STCN`` checked out at afd3586, ``$S/bench`` with the driver ``bench_ms_stcn.py``). Nothing of the
@@ -31,6 +32,8 @@ flags.DEFINE_integer("threads", 0, "torch.set_num_threads for the authors' code 
 flags.DEFINE_string("tfhier_flags", "", "Extra flags for bench/train_step.py (e.g. '--jit_compile').")
 flags.DEFINE_boolean("mixed_precision_too", False, "Each pair also runs bench/train_step.py --mixed_precision "
                      "(after tfhier's float32 step): the 'tfhier_mp_*' figures and 'ratio_mp'.")
+flags.DEFINE_integer("busy_cores", 0, "Run this many CPU-bound processes (a Python busy loop each) for the whole "
+                     "benchmark: a shared machine, to compare how each code's step degrades.")
 FLAGS = flags.FLAGS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,6 +65,18 @@ def main(argv):
     env = {**os.environ, "PYTHONPATH": os.path.join(anchor, "MS-STCN")}
     result = {"benchmark": "side_by_side_train_step", "machine": platform.machine(), "cpu_count": os.cpu_count(),
               "processor": _cpu_name(), "load_average_start": os.getloadavg(), "sizes": {}}
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(FLAGS.busy_cores)]
+    result["busy_cores"] = FLAGS.busy_cores
+    try:
+        _run_sizes(result, torch_python, driver, env, threads)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    print(json.dumps(result))
+
+
+def _run_sizes(result, torch_python, driver, env, threads):
     for size in FLAGS.sizes:
         batch, seq_len = (int(v) for v in size.lower().split("x"))
         pairs = []
@@ -96,7 +111,6 @@ def main(argv):
                                                                      seq_len),
                                  "authors_timesteps_per_s_max": round(max(p["authors_seq_per_s"] for p in pairs) *
                                                                       seq_len)})
-    print(json.dumps(result))
 
 
 def _cpu_name():
