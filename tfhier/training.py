@@ -899,6 +899,10 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     # full batch, is the same on 1 or N devices).
     valid_ds = valid_ds.map(lambda x, mask: fill_batch(x, mask, settings.batch_size))
     valid_ds = distribute(strategy, valid_ds, settings.batch_size)
+    # The number of validation batches, given: a distributed dataset has no known length, and Keras then warns
+    # "Your input ran out of data" at the end of every validation.
+    valid_batches = math.ceil(len(data.valid) / settings.batch_size)
+    valid_steps = (min(settings.eval_batches, valid_batches) if settings.eval_batches else valid_batches) or None
     monitor = TrainingMonitor(run_dir, settings, checkpointer, objective, data,
                               multi_worker=is_multi_worker(strategy))
     write_hparams(run_dir, config, settings)
@@ -917,7 +921,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
                                 static_shapes=settings.jit_compile)
         result = model.fit(distribute(strategy, train_ds, settings.batch_size), epochs=1,
                            steps_per_epoch=boundary - step, validation_data=valid_ds,
-                           validation_steps=settings.eval_batches or None, callbacks=[monitor], verbose=0,
+                           validation_steps=valid_steps, callbacks=[monitor], verbose=0,
                            shuffle=False)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(values)
