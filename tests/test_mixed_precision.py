@@ -34,6 +34,7 @@ def _pair(case):
     with precision_policy(True):
         mixed = build_model(name, 3, config).build_for_data()
     rng = np.random.default_rng(1)
+    assert len(full.weights) == len(mixed.weights)
     for a, b in zip(full.weights, mixed.weights):
         assert a.path == b.path and b.dtype == "float32", (a.path, b.path, b.dtype)
         value = rng.normal(scale=0.3, size=a.shape).astype(np.float32)
@@ -56,7 +57,13 @@ def test_layers_in_bfloat16_distributions_and_bound_in_float32_close_to_float32(
     full, mixed = _pair(case)
     dtypes = {layer.compute_dtype for layer in mixed._flatten_layers(include_self=False)}
     assert "bfloat16" in dtypes, dtypes
-    assert mixed.head.proj.compute_dtype == "float32"
+    # Exactly the layers whose outputs parameterise a distribution compute in float32.
+    expected = [mixed.head.proj] + [getattr(net, "out", net) for name in ("prior_proj", "posterior_proj",
+                                                                         "prior_nets", "likelihood_nets")
+                                    for net in (getattr(mixed, name, None) or [])]
+    for layer in mixed._flatten_layers(include_self=False):
+        if layer.weights and not layer._layers:  # a layer with its own weights (not a container)
+            assert (layer.compute_dtype == "float32") == any(layer is e for e in expected), layer.path
     x, mask = handwriting(2, 16), np.ones((2, 16), np.float32)
     mask[1, 11:] = 0
     outputs, bounds, grads = {}, {}, {}
@@ -102,6 +109,10 @@ def test_a_mixed_precision_run_evaluates_samples_and_resumes_in_float32(tmp_path
     for key, model in (("trained", trained), ("loaded", loaded)):
         scores[key] = objectives.elbo_terms(model.forward(x, mask, seed=SEED), x, mask).elbo.numpy()
     np.testing.assert_allclose(scores["trained"], scores["loaded"], rtol=0.03)
+    # The mixed-precision model's cached continuation (a bfloat16 bottom-up pass over the prefix, float32 steps).
+    lengths = np.array([16, 9], np.int32)
+    continued = trained.continue_sequences(x, lengths, 6, SEED).numpy()
+    assert continued.shape == (2, 6, 3) and np.all(np.isfinite(continued))
     # A float32 resume of the same run continues from that checkpoint.
     resumed, _ = training.train(str(run), "msstcn", config, data,
                                 training.TrainSettings(**{**settings, "train_steps": 6}))

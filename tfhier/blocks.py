@@ -304,16 +304,18 @@ class PointwiseMLP(keras.layers.Layer):
     a latent projection start at zero (every KL starts at 0).
     """
 
-    def __init__(self, hidden=(), out_units=None, activation="relu", out_initializer="glorot_uniform", **kwargs):
+    def __init__(self, hidden=(), out_units=None, activation="relu", out_initializer="glorot_uniform",
+                 out_dtype=None, **kwargs):
         super().__init__(**kwargs)
         self.hidden = [int(u) for u in hidden]
         self.out_units = None if out_units is None else int(out_units)
         self.activation = activation
         self.out_initializer = out_initializer
+        self.out_dtype = out_dtype  # e.g. float32 for a layer that parameterises a distribution (mixed precision)
         self._act = _ACTIVATIONS.get(activation) or keras.activations.get(activation)
         self.layers_ = [CausalConv1D(u, 1, name=f"hidden_{i}") for i, u in enumerate(self.hidden)]
         self.out = (None if self.out_units is None else
-                    CausalConv1D(self.out_units, 1, kernel_initializer=out_initializer, name="out"))
+                    CausalConv1D(self.out_units, 1, kernel_initializer=out_initializer, name="out", dtype=out_dtype))
 
     def call(self, x):
         for layer in self.layers_:
@@ -328,7 +330,7 @@ class PointwiseMLP(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "hidden": self.hidden, "out_units": self.out_units,
-                "activation": self.activation, "out_initializer": self.out_initializer}
+                "activation": self.activation, "out_initializer": self.out_initializer, "out_dtype": self.out_dtype}
 
 
 def gate(a):

@@ -340,8 +340,7 @@ def precision_policy(mixed: bool):
     needed (float16 would need it: it is not offered, see README "Mixed precision").
     """
     old = keras.config.dtype_policy()
-    if mixed:
-        keras.config.set_dtype_policy(MIXED_PRECISION_POLICY)
+    keras.config.set_dtype_policy(MIXED_PRECISION_POLICY if mixed else "float32")  # whatever the caller's policy
     try:
         yield
     finally:

@@ -389,7 +389,9 @@ class MSSTCNGenerator:
             n_run = _ceil_div(tf.reduce_max(lengths) + num_steps, m)
             # d^(l) of every latent step inside the prefix, for the posteriors of the primed steps.
             t0_pad = _ceil_div(t0, m) * m
-            ctx.d_obs = model.bottom_up_features(tf.pad(prefix, [[0, 0], [0, t0_pad - t0], [0, 0]]))
+            # float32 as the step methods' values are (bfloat16 from a model built under mixed precision)
+            ctx.d_obs = [tf.cast(d, tf.float32) for d in
+                         model.bottom_up_features(tf.pad(prefix, [[0, 0], [0, t0_pad - t0], [0, 0]]))]
             ctx.lengths = lengths
         else:
             if not isinstance(batch, int):

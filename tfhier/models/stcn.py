@@ -57,6 +57,7 @@ from tfhier.blocks import Delay, PointwiseMLP, WaveNet
 from tfhier.models.base import (ModelOutput, SequenceModel, head_hparams, latent_noise, latent_normal, make_model_head,
                                 masked_inputs, primed_latent_mask)
 from tfhier.models.hparams import HParam, HParamError
+from tfhier.heads import DISTRIBUTION_DTYPE
 from tfhier.models.wavenet import CONV_HPARAMS
 
 tfd = tfp.distributions
@@ -117,7 +118,7 @@ class STCN(SequenceModel):
 
         def latent_net(l, kind):
             return PointwiseMLP(hp["latent_hidden"], 2 * self.latent_dims_[l], out_initializer="zeros",
-                                name=f"{kind}_{l + 1}")
+                                out_dtype=DISTRIBUTION_DTYPE, name=f"{kind}_{l + 1}")
 
         self.prior_nets = [latent_net(l, "latent" if hp["shared_latent_nets"] else "prior") for l in range(n)]
         # With shared nets the prior's network also gives the approximate likelihood (tracked once).
