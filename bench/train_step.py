@@ -43,6 +43,13 @@ flags.DEFINE_boolean("flops", False, "Also count the step's floating-point opera
 FLAGS = flags.FLAGS
 
 
+def resident_gb():
+    """The process's resident memory now (VmRSS), in GB."""
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    return round(kb / 1024 ** 2, 2)
+
+
 def step_flops(model, x, mask):
     """Floating-point operations of one training step (forward, backward, optimizer), as TensorFlow's profiler
     counts them over the graph traced for the batch's static shape (MatMul, Conv, element-wise ops)."""
@@ -81,6 +88,8 @@ def main(_):
     from tfhier import training
     from tfhier.models import MSSTCN
 
+    rss_after_import = resident_gb()  # TensorFlow, Keras, TFP and tfhier imported, nothing built
+
     with training.precision_policy(FLAGS.mixed_precision):
         model = MSSTCN(3, head="handwriting", head_components=10, downsampling=FLAGS.downsampling).build_for_data()
     settings = training.TrainSettings(mixed_precision=FLAGS.mixed_precision)
@@ -118,7 +127,8 @@ def main(_):
         "warmup_seconds_2_steps_incl_tracing": round(warmup, 1),
         "sequences_per_second": round(FLAGS.batch_size * FLAGS.steps / elapsed, 2),
         "time_steps_per_second": round(FLAGS.batch_size * FLAGS.seq_len * FLAGS.steps / elapsed),
-        "peak_rss_gb": round(peak_kb / 1024 ** 2, 2), "cpu_count": os.cpu_count(),
+        "peak_rss_gb": round(peak_kb / 1024 ** 2, 2), "rss_gb_after_import": rss_after_import,
+        "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "tensorflow": tf.__version__, **extra}))
 
 
