@@ -133,3 +133,14 @@ def test_bad_arguments():
         make_dataset(tagged_sequences([3]), 0, training=True)
     with pytest.raises(DataError):
         make_dataset([np.zeros((3, 2), np.float32), np.zeros((3, 3), np.float32)], 2, training=False)
+
+
+def test_pipelines_run_without_tf_data_autotuning():
+    # With autotuning on, ending an iterator waits for the autotuning thread's next wake-up (up to 60 s):
+    # the trainer ends one per validation interval (tfhier.data.pipeline.without_autotuning).
+    seqs = tagged_sequences([5, 9, 12, 3])
+    for ds in (make_dataset(seqs, 2, training=False),
+               make_dataset(seqs, 2, training=True, seq_len=4, seed=1),
+               make_dataset(seqs, 2, training=True, bucket=False, seed=1).map(lambda x, m: (x, m))):
+        assert ds.options().autotune.enabled is False
+    assert tf.data.Dataset.range(3).options().autotune.enabled is not False  # the default this test guards against

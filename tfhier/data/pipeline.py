@@ -19,6 +19,26 @@ from tfhier.data.base import DataError
 MAX_BUCKETS = 8
 #: with ``static_shapes``, evaluation batches pad T up to a multiple of (about) this many steps
 EVAL_LENGTH_QUANTUM = 256
+#: batches prepared ahead of the step
+PREFETCH_BATCHES = 2
+
+
+def without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """``ds`` with tf.data's autotuning turned off.
+
+    The autotuner is a thread per iterator that wakes after 10 ms, then after twice as long each time, up to
+    60 s; destroying the iterator joins that thread, and it only sees the cancellation when it next wakes
+    (TF 2.21: ``RootDataset::Iterator::~Iterator`` waits while ``Model::OptimizeLoop`` sleeps). An iterator
+    destroyed t seconds after it was made blocks until its next wake-up: up to t more seconds, or up to 60 s.
+    The trainer makes and ends a training iterator per validation interval and a validation iterator per
+    validation, so short intervals lost up to half their time, and a benchmark's ``fit()`` returned only at
+    10 * (2^k - 1) ms. Our pipelines are cheap next to the step, so a fixed setting loses nothing: parallel maps
+    with ``tf.data.AUTOTUNE`` then run min(16, CPU cores) calls at once, and ``PREFETCH_BATCHES`` batches are
+    prepared ahead.
+    """
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
 
 
 def make_dataset(sequences: list, batch_size: int, *, training: bool,
@@ -110,7 +130,7 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
         multiple = -(-EVAL_LENGTH_QUANTUM // pad_to_multiple) * pad_to_multiple
     ds = ds.map(lambda x, mask: _finish_batch(x, mask, multiple, static_batch),
                 num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return without_autotuning(ds.prefetch(PREFETCH_BATCHES))
 
 
 def _check_sequences(sequences: list) -> np.ndarray:
