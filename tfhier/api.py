@@ -21,6 +21,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from tfhier.checks import integer_at_least
+
 CHECKPOINT_CHOICES = ("best", "latest")
 
 
@@ -78,8 +80,8 @@ class LoadedRun:
         """Draws ``[num_samples, num_steps, D]`` from the model (its cached generator where it has one)."""
         import tensorflow as tf
 
-        _positive("num_samples", num_samples)
-        _positive("num_steps", num_steps)
+        integer_at_least("num_samples", num_samples)
+        integer_at_least("num_steps", num_steps)
         return self.model.generate(int(num_samples), int(num_steps), tf.constant([int(seed), 0], tf.int32),
                                    float(temperature)).numpy()
 
@@ -90,7 +92,7 @@ class LoadedRun:
         import tensorflow as tf
 
         prefixes = self._as_list(prefixes, "prefixes")
-        _positive("num_steps", num_steps)
+        integer_at_least("num_steps", num_steps)
         lengths = np.array([len(p) for p in prefixes], np.int32)
         padded = np.zeros([len(prefixes), int(lengths.max()), prefixes[0].shape[-1]], np.float32)
         for i, p in enumerate(prefixes):
@@ -133,11 +135,6 @@ class LoadedRun:
         if bad:
             raise ValueError(f"{name}[{bad[0]}]: expected a non-empty [T, D] array, got shape {out[bad[0]].shape}")
         return out
-
-
-def _positive(name, value):
-    if int(value) != value or int(value) < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
 
 
 def load_run(run_dir, checkpoint: str = "best", *, data_dir: Optional[str] = None) -> LoadedRun:

@@ -55,6 +55,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhier import objectives
+from tfhier.checks import integer_at_least
 from tfhier.data.pipeline import make_dataset
 from tfhier.models.base import stateless_seed
 
@@ -174,12 +175,6 @@ class _MomentAccumulator:
         return self.m2 / self.n if self.n else np.zeros_like(self.m2)
 
 
-def _check_positive_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"--{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 def _compiled_passes(model):
     """Graph-compiled ELBO pass and log-weight pass (any batch size and length: one trace each)."""
     dim = model.input_dim
@@ -253,15 +248,15 @@ class Evaluator:
                  iw_chunk: int = 1, fivo_particles: Optional[int] = None,
                  progress: Optional[Callable[[int, int], None]] = None) -> Evaluation:
         """See :func:`evaluate_sequences`."""
-        iw_samples = _check_positive_int("iw_samples", iw_samples)
+        iw_samples = integer_at_least("--iw_samples", iw_samples)
         if fivo_particles is None:
             fivo_particles = iw_samples if self._fivo_pass is not None else 0
-        fivo_particles = _check_positive_int("fivo_particles", fivo_particles, minimum=0)
+        fivo_particles = integer_at_least("--fivo_particles", fivo_particles, minimum=0)
         if fivo_particles and self._fivo_pass is None:
             raise ValueError(f"--fivo_particles: --model={self.model.NAME} has no recurrent step interface, so no FIVO "
                              f"bound (give --fivo_particles=0)")
-        batch_size = _check_positive_int("batch_size", batch_size)
-        iw_chunk = _check_positive_int("iw_chunk", iw_chunk)
+        batch_size = integer_at_least("--batch_size", batch_size)
+        iw_chunk = integer_at_least("--iw_chunk", iw_chunk)
         seed = int(seed)
         dataset = make_dataset(list(sequences), batch_size, training=False,
                                pad_to_multiple=self.model.time_multiple)
@@ -350,10 +345,10 @@ def evaluate_run(run_dir, split: str = "test", *, iw_samples: int = 16, batch_si
     from tfhier import runs
 
     check_split(split)
-    _check_positive_int("iw_samples", iw_samples)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("iw_chunk", iw_chunk)
-    max_sequences = _check_positive_int("max_sequences", max_sequences, minimum=0)
+    integer_at_least("--iw_samples", iw_samples)
+    integer_at_least("--batch_size", batch_size)
+    integer_at_least("--iw_chunk", iw_chunk)
+    max_sequences = integer_at_least("--max_sequences", max_sequences, minimum=0)
     run = runs.load_run(run_dir, checkpoint, data_dir=data_dir)
     sequences = run.data.split(split)
     if max_sequences:

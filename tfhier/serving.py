@@ -50,6 +50,8 @@ import tempfile
 import time
 from typing import Optional
 
+from tfhier.checks import integer_at_least
+
 
 class _LazyTensorFlow:
     """Stands for the ``tensorflow`` module until first used, then replaces itself with it.
@@ -94,9 +96,7 @@ class Limits:
 
     def validate(self):
         for name in ("max_steps", "max_samples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ExportError(f"--{name} must be an integer >= 1, got {value!r}")
+            integer_at_least(f"--{name}", getattr(self, name), error=ExportError)
 
 
 # ------------------------------------------------------------------------------------ in-graph checks
@@ -363,8 +363,8 @@ def plan_export(run_dir, export_base, version: Optional[int] = None, model_name:
     if version is None:
         versions = existing_versions(model_dir)
         version = versions[-1] + 1 if versions else 1
-    elif isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ExportError(f"--version must be an integer >= 1, got {version!r}")
+    else:
+        integer_at_least("--version", version, error=ExportError)
     version_dir = os.path.join(model_dir, str(version))
     if os.path.lexists(version_dir):
         raise ExportError(f"{version_dir} already exists: refusing to overwrite version {version} of model "

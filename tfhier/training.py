@@ -820,9 +820,15 @@ def train(run_dir, model_name, model_config, data: SequenceData, settings: Train
     config = run_config(build_model(model_name, data.feature_dim, model_config), data)
     check_run_dir(run_dir, config, allow_data_change)  # before anything is created (again under the lock below)
     os.makedirs(run_dir, exist_ok=True)
-    with RunLock(run_dir), _SignalStop() as stop:
-        resuming = check_run_dir(run_dir, config, allow_data_change)
-        return _train_locked(run_dir, model_name, config, data, settings, flags_text, strategy, resuming, stop)
+    return _train_in(run_dir, model_name, config, data, settings, flags_text, strategy, allow_data_change)
+
+
+def _train_in(directory, model_name, config, data, settings, flags_text, strategy, allow_data_change):
+    """Trains in ``directory`` holding its lock, with SIGTERM / SIGINT turned into a checkpoint and a stop;
+    the directory is checked again under the lock (another process may have started a run there)."""
+    with RunLock(directory), _SignalStop() as stop:
+        resuming = check_run_dir(directory, config, allow_data_change)
+        return _train_locked(directory, model_name, config, data, settings, flags_text, strategy, resuming, stop)
 
 
 def _train_non_chief(run_dir, model_name, model_config, data, settings, flags_text, strategy, allow_data_change):
@@ -849,9 +855,7 @@ def _train_non_chief(run_dir, model_name, model_config, data, settings, flags_te
             except OSError:
                 pass  # unreadable here: the check of the restored step names the problem
         config = run_config(build_model(model_name, data.feature_dim, model_config), data)
-        with RunLock(work), _SignalStop() as stop:
-            resuming = check_run_dir(work, config, allow_data_change)
-            return _train_locked(work, model_name, config, data, settings, flags_text, strategy, resuming, stop)
+        return _train_in(work, model_name, config, data, settings, flags_text, strategy, allow_data_change)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

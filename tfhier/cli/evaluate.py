@@ -29,7 +29,7 @@ import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -78,14 +78,9 @@ def check_flags():
 
 
 def main(argv):
-    if not FLAGS["verbosity"].present:  # (absl sets its value when it installs its handler: "present" tells)
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    problem = check_flags()
-    if problem:  # before TensorFlow is imported: bad flags fail in a second
-        sys.exit(f"evaluate.py: error: {problem}")
+    from tfhier.cli import begin
 
+    begin("evaluate.py", argv, check_flags)
     from tfhier import evaluation
     from tfhier.data import DataError
     from tfhier.runs import RunError

@@ -31,7 +31,7 @@ import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -76,16 +76,9 @@ def check_flags():
 
 
 def main(argv):
-    # (using_default_value is already False here: absl sets the flag when it installs its log handler)
-    quiet = not FLAGS["verbosity"].present
-    if quiet:
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    problem = check_flags()
-    if problem:  # before TensorFlow is imported: bad flags fail in a second
-        sys.exit(f"export.py: error: {problem}")
+    from tfhier.cli import begin, quiet_tensorflow_logging
 
+    begin("export.py", argv, check_flags)
     from tfhier import serving  # imports TensorFlow only when first used
 
     try:  # the destination, still without TensorFlow
@@ -96,13 +89,7 @@ def main(argv):
     import tfhier.models  # noqa: F401  (TensorFlow, Keras, TFP)
     from tfhier.runs import RunError
 
-    # TensorFlow's own INFO lines while saving (renamed resource inputs, sharding); --verbosity=0 brings them
-    # back. Set after importing TensorFlow and TFP, which reset the level (as train.py does).
-    if quiet:
-        import logging as std_logging
-
-        logging.set_verbosity(logging.WARNING)
-        logging.get_absl_handler().setLevel(std_logging.WARNING)
+    quiet_tensorflow_logging()  # TensorFlow's INFO lines while saving; --verbosity=0 brings them back
 
     try:
         result = serving.export_run(

@@ -46,7 +46,7 @@ import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -157,14 +157,9 @@ def draw(model, method, num_samples, num_steps, seed, temperature, prefix=None):
 
 
 def main(argv):
-    if not FLAGS["verbosity"].present:  # (absl sets its value when it installs its handler: "present" tells)
-        logging.set_verbosity(logging.WARNING)
-    if len(argv) > 1:
-        sys.exit(f"{PROG}: error: unexpected arguments: {' '.join(argv[1:])}")
-    problem = check_flags()
-    if problem:  # before TensorFlow is imported: bad flags fail in a second
-        sys.exit(f"{PROG}: error: {problem}")
+    from tfhier.cli import begin
 
+    begin(PROG, argv, check_flags)
     import json
     import time
 

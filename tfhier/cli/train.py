@@ -23,7 +23,7 @@ import warnings  # noqa: E402
 
 warnings.filterwarnings("ignore", category=DeprecationWarning)
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from tfhier.data import DATASETS  # noqa: E402
 from tfhier.models import MODELS  # noqa: E402
@@ -140,18 +140,13 @@ def model_config_from_flags(feature_dim, kind) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    from tfhier.cli import begin, quiet_tensorflow_logging
+
+    begin("train.py", argv)
     from tfhier import training
     from tfhier.data import DataError, dataset_shape, load_dataset
 
-    # TF's own INFO lines (checkpoint sharding etc.) drown the progress bar; --verbosity=0 brings them back.
-    # Set after importing TF, which resets the level.
-    if not FLAGS["verbosity"].present:  # (absl sets its value when it installs its handler: "present" tells)
-        import logging as std_logging
-
-        logging.set_verbosity(logging.WARNING)
-        logging.get_absl_handler().setLevel(std_logging.WARNING)
+    quiet_tensorflow_logging()  # TF's INFO lines drown the progress bar; --verbosity=0 brings them back
 
     settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
                                          for f in training.dataclasses.fields(training.TrainSettings)})
