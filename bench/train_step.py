@@ -96,6 +96,9 @@ def main(_):
     settings = training.TrainSettings(mixed_precision=FLAGS.mixed_precision)
     model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings),
                   jit_compile=FLAGS.jit_compile)
+    # As the trainer does: variables made inside the first trace make tf.function trace the step twice, and
+    # measured on the iam.cfg model: 0.2 GB more peak RSS and twice the warm-up.
+    model.optimizer.build(model.trainable_variables)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(FLAGS.batch_size, FLAGS.seq_len, 3)).astype(np.float32)
     x[..., 2] = rng.random((FLAGS.batch_size, FLAGS.seq_len)) < 0.05
