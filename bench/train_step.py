@@ -43,10 +43,11 @@ flags.DEFINE_boolean("flops", False, "Also count the step's floating-point opera
 FLAGS = flags.FLAGS
 
 
-def resident_gb():
-    """The process's resident memory now (VmRSS), in GB."""
+def resident_gb(field="VmRSS"):
+    """The process's resident memory now, in GB: all of it (VmRSS), or the pages mapped from files
+    (RssFile: shared libraries' code and data, shared with other processes mapping the same files)."""
     with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        kb = next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
     return round(kb / 1024 ** 2, 2)
 
 
@@ -90,6 +91,7 @@ def main(_):
     from tfhier.models import MSSTCN
 
     rss_after_import = resident_gb()  # TensorFlow, Keras, TFP and tfhier imported, nothing built
+    rss_file_after_import = resident_gb("RssFile")
 
     with training.precision_policy(FLAGS.mixed_precision):
         model = MSSTCN(3, head="handwriting", head_components=10, downsampling=FLAGS.downsampling).build_for_data()
@@ -99,6 +101,7 @@ def main(_):
     # As the trainer does: variables made inside the first trace make tf.function trace the step twice, and
     # measured on the iam.cfg model: 0.2 GB more peak RSS and twice the warm-up.
     model.optimizer.build(model.trainable_variables)
+    rss_after_build = resident_gb()
     rng = np.random.default_rng(0)
     x = rng.normal(size=(FLAGS.batch_size, FLAGS.seq_len, 3)).astype(np.float32)
     x[..., 2] = rng.random((FLAGS.batch_size, FLAGS.seq_len)) < 0.05
@@ -134,6 +137,7 @@ def main(_):
         "sequences_per_second": round(FLAGS.batch_size * FLAGS.steps / elapsed, 2),
         "time_steps_per_second": round(FLAGS.batch_size * FLAGS.seq_len * FLAGS.steps / elapsed),
         "peak_rss_gb": round(peak_kb / 1024 ** 2, 2), "rss_gb_after_import": rss_after_import,
+        "rss_file_backed_gb_after_import": rss_file_after_import, "rss_gb_after_build": rss_after_build,
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(), "tensorflow": tf.__version__, **extra}))
 
