@@ -78,8 +78,8 @@ def main(_):
                                               kl_regularizer="none")
             model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings),
                           jit_compile=FLAGS.jit_compile)
-            # As the trainer does: variables made inside the first trace make tf.function trace the step twice, and
-            # measured on the iam.cfg model: 0.2 GB more peak RSS and twice the warm-up.
+            # As the trainer does: variables made inside the first trace make tf.function trace the step twice
+            # (on the iam.cfg model: 0.2 GB more peak RSS and twice the warm-up).
             model.optimizer.build(model.trainable_variables)
             start = time.perf_counter()
             model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)

@@ -98,8 +98,8 @@ def main(_):
     settings = training.TrainSettings(mixed_precision=FLAGS.mixed_precision)
     model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings),
                   jit_compile=FLAGS.jit_compile)
-    # As the trainer does: variables made inside the first trace make tf.function trace the step twice, and
-    # measured on the iam.cfg model: 0.2 GB more peak RSS and twice the warm-up.
+    # As the trainer does: variables made inside the first trace make tf.function trace the step twice
+    # (on the iam.cfg model: 0.2 GB more peak RSS and twice the warm-up).
     model.optimizer.build(model.trainable_variables)
     rss_after_build = resident_gb()
     rng = np.random.default_rng(0)

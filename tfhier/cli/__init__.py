@@ -36,23 +36,21 @@ def start(module_name: str):
     app.run(module.main, flags_parser=getattr(module, "parse_flags", app.parse_flags_with_usage))
 
 
-def begin(prog: str, argv, check_flags=None) -> bool:
+def begin(prog: str, argv, check_flags=None):
     """What every command line does first: absl's logging at WARNING unless ``--verbosity`` was given, no
     positional arguments, and ``check_flags()`` (a problem's text, or None) run before TensorFlow is imported,
-    so that bad flags fail in a second. Exits with ``"<prog>: error: ..."``. Returns whether logging is quiet.
+    so that bad flags fail in a second. Exits with ``"<prog>: error: ..."``.
     """
     from absl import flags, logging
 
     # (absl sets the flag's value when it installs its log handler: "present" tells whether the user gave it)
-    quiet = not flags.FLAGS["verbosity"].present
-    if quiet:
+    if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         sys.exit(f"{prog}: error: unexpected arguments: {' '.join(argv[1:])}")
     problem = check_flags() if check_flags is not None else None
     if problem:
         sys.exit(f"{prog}: error: {problem}")
-    return quiet
 
 
 def quiet_tensorflow_logging():
