@@ -54,6 +54,39 @@ def test_mirrored_training_step_applies_and_skips_nonfinite_on_all_replicas():
     assert int(iterations) == 1
 
 
+PER_REPLICA_INPUT = textwrap.dedent("""
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.data.ops.multi_device_iterator_ops import OwnedMultiDeviceIterator
+    from tfhier import training
+    from tfhier.data.pipeline import make_dataset
+
+    strategy = training.make_strategy("mirrored", cpu_devices=2)
+    seqs = [np.full((n, 3), n, np.float32) for n in range(5, 25)]
+    ds = make_dataset(seqs, 4, training=True, seq_len=8, seed=1)
+    it = iter(training.distribute(strategy, ds, 4))
+    got = [next(it) for _ in range(3)]
+    want = list(ds.take(3).as_numpy_iterator())
+    same = all(np.array_equal(np.concatenate([v.numpy() for v in strategy.experimental_local_results(g[0])]), w[0])
+               for g, w in zip(got, want))
+    kinds = {type(worker._iterator).__name__ for worker in it._iterators}
+    print("RESULT", same, any(isinstance(w._iterator, OwnedMultiDeviceIterator) for w in it._iterators), kinds)
+""")
+
+
+def test_mirrored_input_is_one_pipeline_per_replica_without_device_buffers():
+    # TensorFlow's per-device buffers (a MultiDeviceIterator) autotune whatever the pipeline's options say, and
+    # ending an iterator waits up to 60 s for their tuning threads (tfhier.training.distribute): under mirrored
+    # every replica reads its own pipeline instead, and the replicas together still hold the global batch.
+    out = subprocess.run([sys.executable, "-c", PER_REPLICA_INPUT], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+    assert lines, out.stderr[-3000:]
+    same, multi_device, kinds = lines[0].split(maxsplit=3)[1:]
+    assert same == "True", lines[0]
+    assert multi_device == "False", lines[0]
+
+
 # ------------------------------------------------------------------------- N replicas == one device
 
 EQUALITY = textwrap.dedent("""
