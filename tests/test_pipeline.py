@@ -48,7 +48,7 @@ def test_eval_yields_every_sequence_once_in_order_full_length():
 
 def test_eval_ignores_augment_and_crop_args():
     seqs = tagged_sequences(LENGTHS)
-    out = batches(make_dataset(seqs, 100, training=False, seq_len=4, augment=lambda x: x + 1.0))
+    out = batches(make_dataset(seqs, 100, training=False, seq_len=4, augment=lambda x, seed: x + 1.0))
     for g, s in zip(real_rows(*out[0]), seqs):
         np.testing.assert_array_equal(g, s)
 
@@ -82,10 +82,24 @@ def test_training_reshuffles_each_epoch_and_is_seeded():
 def test_augment_is_applied_after_cropping_in_training():
     seqs = tagged_sequences([30, 30, 30, 30])
     ds = make_dataset(seqs, 2, training=True, seq_len=6,
-                      augment=lambda x: tf.concat([x[:, :1], x[:, 1:2] - x[0, 1], x[:, 2:]], axis=1), seed=0)
+                      augment=lambda x, seed: tf.concat([x[:, :1], x[:, 1:2] - x[0, 1], x[:, 2:]], axis=1), seed=0)
     for x, mask in batches(ds, 6):
         for rows in real_rows(x, mask):
             np.testing.assert_array_equal(rows[:, 1], np.arange(6))
+
+
+def test_augment_noise_is_the_seeds_and_fresh_for_every_element():
+    seqs = tagged_sequences([12, 12, 12, 12])
+    noisy = lambda x, seed: x + tf.random.stateless_uniform(tf.shape(x), seed)  # noqa: E731
+    run = lambda s: [x for x, _ in batches(make_dataset(seqs, 2, training=True, seq_len=12, augment=noisy,  # noqa
+                                                          seed=s, bucket=False), 8)]
+    first, again, other = run(5), run(5), run(6)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)  # the run's seed makes the augmentation reproducible
+    assert not np.array_equal(first[0], other[0])
+    # Every element and epoch gets noise of its own: the noise of the 16 elements (4 epochs) is all different.
+    noise = [(row - seqs[int(np.floor(row[0, 0]))]).ravel() for x in first for row in x]
+    assert len({tuple(np.round(n, 6)) for n in noise}) == 16
 
 
 def test_bucketing_batches_similar_lengths():

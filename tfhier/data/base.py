@@ -32,9 +32,11 @@ class SequenceData:
       info: facts needed to map model space back to data space, e.g.
         ``{'offset_scale': 23.1}`` for handwriting or
         ``{'sample_rate': 16000, 'mean': m, 'std': s, 'frame_width': 200}`` for audio.
-      train_augment: optional function ``tf.Tensor[T, D] -> tf.Tensor[T, D]``
-        applied to every training sequence each epoch (fresh randomness each
-        time), e.g. IAM-OnDB dequantisation noise.  Never applied to valid/test.
+      train_augment: optional function ``(tf.Tensor[T, D], seed) -> tf.Tensor[T, D]``
+        applied to every training sequence each epoch, e.g. IAM-OnDB
+        dequantisation noise; ``seed`` is a stateless seed pair (int64 ``[2]``),
+        fresh for every element and epoch, drawn from the run's ``--seed``, so
+        a run's noise is reproducible.  Never applied to valid/test.
     """
 
     name: str

@@ -142,17 +142,18 @@ def load_iam_ondb(data_dir, *, seed: int = 0, offset_scale_convention: str = "st
     return data.check()
 
 
-def dequantisation_noise(scale: float) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Returns ``steps [T, 3] -> steps``: adds U(-0.5, 0.5) raw units to dx, dy.
+def dequantisation_noise(scale: float) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """Returns ``(steps [T, 3], seed) -> steps``: adds U(-0.5, 0.5) raw units to dx, dy (stateless, from
+    ``seed``, a seed pair: the same seed gives the same noise).
 
     Raw offsets are integers, so this spreads each over its quantisation cell;
     ``scale`` converts the half-width to the scaled units the steps are in.
     """
     half_width = 0.5 / scale
 
-    def add_noise(steps: tf.Tensor) -> tf.Tensor:
+    def add_noise(steps: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         offsets = steps[:, :2]
-        noise = tf.random.uniform(tf.shape(offsets), -half_width, half_width, dtype=steps.dtype)
+        noise = tf.random.stateless_uniform(tf.shape(offsets), seed, -half_width, half_width, dtype=steps.dtype)
         return tf.concat([offsets + noise, steps[:, 2:]], axis=1)
 
     return add_noise

@@ -55,8 +55,8 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
     drawn afresh each epoch, then ``augment`` is applied; sequences of similar
     length are batched together (``bucket``) to waste little compute on
     padding; incomplete batches are dropped so replicas get equal shares.
-    ``seed`` makes the order and the crops reproducible (``augment`` draws its
-    own randomness).
+    ``seed`` makes the order, the crops and the augmentation reproducible
+    (``augment`` gets each element's own stateless seed).
 
     Evaluation (``training=False``): every sequence exactly once, in order, full
     length, the last batch possibly smaller.
@@ -66,7 +66,8 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
       batch_size: sequences per batch.
       training: selects the mode above.
       seq_len: training crop length; None keeps full sequences.
-      augment: training-only ``tf.Tensor[T, D] -> tf.Tensor[T, D]``.
+      augment: training-only ``(tf.Tensor[T, D], seed) -> tf.Tensor[T, D]``, ``seed`` a stateless
+        seed pair (int64 ``[2]``) that is the element's own: draw with ``tf.random.stateless_*``.
       pad_to_multiple: padded T is a multiple of this.
       seed: seed for shuffling and cropping; None draws one.
       bucket: batch by length in training; False batches in shuffled order.
@@ -102,14 +103,19 @@ def make_dataset(sequences: list, batch_size: int, *, training: bool,
 
         ds = (tf.data.Dataset.range(np.iinfo(np.int64).max).flat_map(epoch_order)
               .map(lambda i: ragged[i], num_parallel_calls=tf.data.AUTOTUNE))
-        if seq_len is not None:
-            # One stateless seed pair per element: reproducible for a given
-            # seed, yet a fresh window each epoch.
-            crop_seeds = tf.data.Dataset.random(seed=seed).batch(2)
-            ds = tf.data.Dataset.zip(ds, crop_seeds).map(
-                lambda x, s: _random_window(x, seq_len, s), num_parallel_calls=tf.data.AUTOTUNE)
-        if augment is not None:
-            ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        if seq_len is not None or augment is not None:
+            # One stateless seed pair per element: reproducible for a given seed (so that N pipelines, one per
+            # replica, hold the batches of one), yet a fresh window and fresh noise each epoch.
+            element_seeds = tf.data.Dataset.random(seed=seed).batch(2)
+
+            def crop_and_augment(x, s):
+                if seq_len is not None:
+                    x = _random_window(x, seq_len, s)
+                if augment is not None:
+                    x = augment(x, tf.random.experimental.stateless_fold_in(s, 1))
+                return x
+
+            ds = tf.data.Dataset.zip(ds, element_seeds).map(crop_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(_with_mask, num_parallel_calls=tf.data.AUTOTUNE)
         if bucket:
             crop_lengths = lengths if seq_len is None else np.minimum(lengths, seq_len)
