@@ -24,6 +24,8 @@ import sys
 
 from absl import app, flags
 
+from hoststat import cpu_jiffies, steal_fraction
+
 flags.DEFINE_string("anchor", None, "Folder with torchenv/, MS-STCN/ and bench/ (../shared/anchor_bench/README.md).")
 flags.DEFINE_integer("pairs", 4, "Pairs per size (authors, then tfhier).")
 flags.DEFINE_list("sizes", ["128x1024", "32x256"], "Batch x sequence length, comma-separated.")
@@ -40,7 +42,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_measured(cmd, env=None):
-    """Runs ``cmd``; returns (its last JSON line, its peak RSS in GB)."""
+    """Runs ``cmd``; returns (its last JSON line, its peak RSS in GB, the host's steal share over its run)."""
+    jiffies = cpu_jiffies()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -48,7 +51,7 @@ def run_measured(cmd, env=None):
     lines = [line for line in out.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{out[-2000:]}")
-    return json.loads(lines[-1]), round(usage.ru_maxrss / 1024 ** 2, 2)
+    return json.loads(lines[-1]), round(usage.ru_maxrss / 1024 ** 2, 2), steal_fraction(jiffies, cpu_jiffies())
 
 
 def main(argv):
@@ -81,20 +84,24 @@ def _run_sizes(result, torch_python, driver, env, threads):
         batch, seq_len = (int(v) for v in size.lower().split("x"))
         pairs = []
         for _ in range(FLAGS.pairs):
-            authors, authors_rss = run_measured(
+            authors, authors_rss, authors_steal = run_measured(
                 [torch_python, driver, "--mode", "train", "--batch", str(batch), "--seqlen", str(seq_len),
                  "--head", "gmm10", "--sizes", "64", "--steps", str(FLAGS.steps), "--warmup", "2",
                  "--threads", str(threads)], env=env)
-            ours, ours_rss = run_measured(
+            ours, ours_rss, ours_steal = run_measured(
                 [sys.executable, os.path.join(REPO, "bench", "train_step.py"), f"--batch_size={batch}",
                  f"--seq_len={seq_len}", f"--steps={FLAGS.steps}", *FLAGS.tfhier_flags.split()])
             pair = {"authors_seq_per_s": authors["seq_per_s"], "authors_peak_rss_gb": authors_rss,
                     "authors_params": authors["params"],
                     "tfhier_seq_per_s": ours["sequences_per_second"], "tfhier_peak_rss_gb": ours_rss,
                     "tfhier_params": ours["params"],
-                    "ratio": round(ours["sequences_per_second"] / authors["seq_per_s"], 2)}
+                    "ratio": round(ours["sequences_per_second"] / authors["seq_per_s"], 2),
+                    # The hypervisor's steal over each whole process (warm-up included), and over tfhier's
+                    # timed steps alone: time the vCPUs were runnable but served another guest.
+                    "authors_host_steal": authors_steal, "tfhier_host_steal": ours_steal,
+                    "tfhier_host_steal_timed": ours.get("host_steal_fraction")}
             if FLAGS.mixed_precision_too:
-                mixed, mixed_rss = run_measured(
+                mixed, mixed_rss, _ = run_measured(
                     [sys.executable, os.path.join(REPO, "bench", "train_step.py"), f"--batch_size={batch}",
                      f"--seq_len={seq_len}", f"--steps={FLAGS.steps}", "--mixed_precision",
                      *FLAGS.tfhier_flags.split()])

@@ -27,6 +27,7 @@ import warnings  # noqa: E402
 warnings.filterwarnings("ignore")
 
 from absl import app, flags  # noqa: E402
+from hoststat import cpu_jiffies, steal_fraction  # noqa: E402
 
 flags.DEFINE_integer("batch_size", 128, "Sequences per step.")
 flags.DEFINE_integer("seq_len", 1024, "Steps per sequence.")
@@ -112,9 +113,11 @@ def main(_):
     start = time.perf_counter()
     model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)  # trace (+ XLA compilation) + warm up
     warmup = time.perf_counter() - start
+    jiffies = cpu_jiffies()
     start = time.perf_counter()
     model.fit(ds, epochs=1, steps_per_epoch=FLAGS.steps, verbose=0)
     elapsed = time.perf_counter() - start
+    steal = steal_fraction(jiffies, cpu_jiffies())
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     extra = {}
     if FLAGS.flops:
@@ -132,6 +135,8 @@ def main(_):
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
         "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
         "load_average_1min": round(os.getloadavg()[0], 2),
+        # CPU time the hypervisor gave to other guests during the timed steps (bench/hoststat.py).
+        "host_steal_fraction": steal,
         "seconds_per_step": round(elapsed / FLAGS.steps, 3),
         "warmup_seconds_2_steps_incl_tracing": round(warmup, 1),
         "sequences_per_second": round(FLAGS.batch_size * FLAGS.steps / elapsed, 2),
