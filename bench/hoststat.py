@@ -8,10 +8,10 @@ process inside the machine being busy, so the benchmarks report it beside their 
 from __future__ import annotations
 
 
-def cpu_jiffies():
-    """``(steal, total)`` jiffies of all CPUs since boot (``None`` where /proc/stat is unreadable)."""
+def cpu_jiffies(path="/proc/stat"):
+    """``(steal, total)`` jiffies of all CPUs since boot (``None`` where ``path`` is unreadable)."""
     try:
-        with open("/proc/stat") as f:
+        with open(path) as f:
             fields = [int(v) for v in f.readline().split()[1:]]
     except (OSError, ValueError):
         return None
