@@ -71,7 +71,7 @@ class TrainSettings:
     sample_every: int = 1000
     num_samples: int = 4
     sample_steps: int = 400
-    jit_compile: bool = False
+    jit_compile: Optional[bool] = None  # None: the model's jit_compile_default on one device
     mixed_precision: bool = False
     max_nonfinite_steps: int = 10
     patience: int = 0
@@ -873,6 +873,17 @@ def _train_non_chief(run_dir, model_name, model_config, data, settings, flags_te
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def resolve_jit_compile(requested, model, strategy) -> bool:
+    """Whether the training and validation steps are XLA-compiled: ``requested`` (``--[no]jit_compile``) if given,
+    else the model's ``jit_compile_default`` on one device (Keras' XLA-compiled step does not run under a
+    strategy with several replicas: its variables live on one device)."""
+    if requested is not None:
+        return bool(requested)
+    if os.environ.get("TFHIER_XLA_TRAINING", "1") == "0":  # e.g. the test suite: no compilation per tiny model
+        return False
+    return bool(model.jit_compile_default) and strategy.num_replicas_in_sync == 1 and not is_multi_worker(strategy)
+
+
 def _train_locked(run_dir, model_name, config, data, settings, flags_text, strategy, resuming, stop):
     strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(settings.seed)
@@ -881,9 +892,11 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         model = build_model(model_name, data.feature_dim, config["model_config"]).build_for_data()
         optimizer = make_optimizer(settings)
         objective = make_objective(settings)
-        model.compile(optimizer=optimizer, objective=objective, jit_compile=settings.jit_compile)
+        jit_compile = resolve_jit_compile(settings.jit_compile, model, strategy)
+        model.compile(optimizer=optimizer, objective=objective, jit_compile=jit_compile)
         optimizer.build(model.trainable_variables)
-    print(f"{model_name}: {model.count_params():,} parameters", flush=True)
+    print(f"{model_name}: {model.count_params():,} parameters" + (", XLA-compiled steps" if jit_compile else ""),
+          flush=True)
 
     checkpointer = Checkpointer(run_dir, model, optimizer, objective)
     restored, notes = checkpointer.restore_latest() if resuming else (None, [])
@@ -914,7 +927,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
 
     pad = model.time_multiple
     valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad,
-                            static_shapes=settings.jit_compile)
+                            static_shapes=jit_compile)
     # The last batch filled up (on any number of replicas, so that each sequence's noise, keyed by its row of a
     # full batch, is the same on 1 or N devices).
     valid_ds = valid_ds.map(lambda x, mask: fill_batch(x, mask, settings.batch_size))
@@ -938,7 +951,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         boundary = min((step // settings.eval_every + 1) * settings.eval_every, settings.train_steps)
         train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
                                 augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
-                                static_shapes=settings.jit_compile)
+                                static_shapes=jit_compile)
         result = model.fit(distribute(strategy, train_ds, settings.batch_size), epochs=1,
                            steps_per_epoch=boundary - step, validation_data=valid_ds,
                            validation_steps=valid_steps, callbacks=[monitor], verbose=0,
