@@ -162,7 +162,12 @@ class SRNN(RecurrentModel):
         features = tf.concat([d, phi], -1)
         a = (cells.scan(self.backward_a.cell, features, mask, reverse=True) if self.smoothing else
              self.filter_net(features))
-        return {"d": d, "a": a}
+        z, u = self.z_dim, self.units
+        # the first layers' products with d_t and a_t (their inputs are [z_{t-1}, d_t] and [z_{t-1}, a_t])
+        out = {"d": d, "q_first": self.posterior_net.first_product(a, z, z + u, bias=True)}
+        if self.res_q:
+            out["p_first"] = self.prior_net.first_product(d, z, z + u, bias=True)
+        return out
 
     def latent_state(self, batch):
         return {"z": tf.zeros(tf.stack([batch, self.z_dim]))}
@@ -173,13 +178,15 @@ class SRNN(RecurrentModel):
         return {**sizes, "p_loc": z, "p_scale": z} if self.res_q else sizes
 
     def latent_step(self, carry, features_t, eps_t):
-        state = {"z": carry["z"], "d": features_t["d"]}
-        record = {"z_prev": carry["z"]}
-        prior = None
-        if self.res_q:
-            prior = self.prior(state, {})
+        z_prev, n = carry["z"], self.z_dim
+        record = {"z_prev": z_prev}
+        q = latent_normal(self.posterior_net.from_first(
+            self.posterior_net.first_product(z_prev, 0, n) + features_t["q_first"]))
+        if self.res_q:  # eq. 12
+            prior = latent_normal(self.prior_net.from_first(
+                self.prior_net.first_product(z_prev, 0, n) + features_t["p_first"]))
             record.update(p_loc=prior.loc, p_scale=prior.scale)
-        q = self._posterior_from(carry["z"], features_t["a"], prior)
+            q = type(q)(prior.loc + q.loc, q.scale)
         z = q.loc + q.scale * eps_t
         record.update(q_loc=q.loc, q_scale=q.scale, z=z)
         return {"z": z}, record

@@ -162,7 +162,9 @@ class VRNN(RecurrentModel):
     def sequence_features(self, x, mask):
         phi = self.phi_x(x)
         evidence = cells.scan(self.reverse.cell, phi, mask, reverse=True) if self.smoothing else phi
-        return {"evidence": evidence, "x_product": self._x_product(phi)}
+        # the posterior's first layer (its input is [evidence_t, h_{t-1}]): the evidence's product, for all steps
+        return {"q_first": self.posterior_net.first_product(evidence, 0, evidence.shape[-1], bias=True),
+                "x_product": self._x_product(phi)}
 
     def _x_product(self, phi):
         """The recurrence's input product of ``phi_x(x_t)`` (the first half of the cell's input), with its bias."""
@@ -186,14 +188,18 @@ class VRNN(RecurrentModel):
         if self.res_q:
             prior = self.prior(carry, {})
             record.update(p_loc=prior.loc, p_scale=prior.scale)
-        q = self._posterior_from(features_t["evidence"], h, prior)
+        e = self.units if self.smoothing else self.hparams["feature_units"]
+        q = latent_normal(self.posterior_net.from_first(
+            features_t["q_first"] + self.posterior_net.first_product(h, e, e + self.units)))
+        if self.res_q:
+            q = tfd.Normal(prior.loc + q.loc, q.scale)
         z = q.loc + q.scale * eps_t
         record.update(q_loc=q.loc, q_scale=q.scale, z=z)
         return self._recur(carry, z, features_t["x_product"]), record
 
     def _posterior_from(self, evidence, h, prior):
         q = latent_normal(self.posterior_net(tf.concat([evidence, h], -1)))
-        return type(q)(prior.loc + q.loc, q.scale) if self.res_q else q
+        return tfd.Normal(prior.loc + q.loc, q.scale) if self.res_q else q
 
     def readout(self, features, records):
         h = {"h": records["h_prev"]}
