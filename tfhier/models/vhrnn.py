@@ -57,7 +57,7 @@ class VHRNN(VRNN):
     """VHRNN (see the module docstring)."""
 
     NAME = "vhrnn"
-    DESCRIPTION = "VHRNN (vhrnn.txt): a VRNN whose recurrence and decoder weights are scaled by hypernetworks"
+    DESCRIPTION = "VHRNN (Deng et al. 2020): a VRNN whose recurrence and decoder weights are scaled by hypernetworks"
     HPARAMS = VRNN.HPARAMS + (
         HParam("hyper_input", "str", "both", "vhrnn: what the hypernetworks see: [z_t, h_{t-1}] (both), z_t "
                "(latent) or h_{t-1} (hidden).", choices=HYPER_INPUTS),
