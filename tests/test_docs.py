@@ -169,3 +169,33 @@ def test_flags_named_in_training_doc_exist():
     named = set(re.findall(r"`--(\w+)", table)) - {"help"}
     unknown = sorted(n for n in named if n not in flags.FLAGS)
     assert named and not unknown, unknown
+
+
+TINY = ["--dataset=hershey", "--num_lines=16", "--channels=8,8", "--latent_dims=2,2", "--strides=1,2",
+        "--bu_dilations=1,2;1", "--td_blocks=1", "--kernel_size=2", "--head_components=2", "--batch_size=4",
+        "--seq_len=32", "--eval_every=2", "--eval_batches=1", "--log_every=1", "--checkpoint_every=2",
+        "--sample_every=1000", "--num_samples=0", "--train_steps=2", "--verbose=0"]
+
+
+def test_walk_through_export_and_saved_model_cli_show(tmp_path):
+    """The README's train -> export -> `saved_model_cli show` on a tiny run: the export has the three signatures
+    the docs describe, with the inputs docs/deployment.md names."""
+    def run(*cmd):
+        done = subprocess.run(list(cmd), cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, f"{cmd}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+        return done.stdout
+
+    run(sys.executable, str(REPO / "train.py"), *TINY, "--run_dir=runs/demo")
+    printed = run(sys.executable, str(REPO / "export" / "export.py"), "--run_dir=runs/demo", "--export_base=exports")
+    assert "as model 'demo' version 1" in printed, printed
+    shown = run(sys.executable, "-m", "tensorflow.python.tools.saved_model_cli", "show", "--dir", "exports/demo/1",
+                "--all")
+    for signature, inputs in {"serving_default": ("x", "lengths", "seed"),
+                              "sample": ("num_samples", "num_steps", "seed", "temperature"),
+                              "continue": ("prefix", "prefix_lengths", "num_steps", "seed", "temperature")}.items():
+        section = shown[shown.index(f"signature_def['{signature}']"):]
+        section = section[:section.index("Method name")]
+        for name in inputs:
+            assert f"inputs['{name}']" in section, (signature, name, section)
+    deployment = (REPO / "docs" / "deployment.md").read_text()
+    assert all(f"`{s}`" in deployment for s in ("serving_default", "sample", "continue"))
