@@ -101,6 +101,11 @@ def test_docs_and_configs_name_no_paths_users_do_not_have():
     hits = [f"{rel(f)}:{n}: {line.strip()}" for f in files
             for n, line in enumerate(f.read_text().splitlines(), 1) if FOREIGN_PATHS.search(line)]
     assert not hits, "\n".join(hits)
+    # Docstrings and help texts cite papers, not files of a folder users do not have.
+    code = sorted((REPO / "tfhier").rglob("*.py")) + sorted((REPO / "bench").rglob("*.py"))
+    hits = [f"{rel(f)}:{n}" for f in code for n, line in enumerate(f.read_text().splitlines(), 1)
+            if re.search(r"shared/papers|vhrnn\.txt|anchor_bench", line)]
+    assert not hits, hits
 
 
 def test_every_tf_serving_command_enables_xla_for_the_default_export():

@@ -1,4 +1,4 @@
-"""VHRNN: the variational hyper RNN (``../shared/papers/vhrnn.txt``, §3, eqs. 1-5), built on tfhier's VRNN.
+"""VHRNN: the variational hyper RNN (Deng et al. 2020, §3, eqs. 1-5), built on tfhier's VRNN.
 
 No public implementation of VHRNN exists; this one follows the paper and says
 what it chose where the paper is silent.  VHRNN is a VRNN whose recurrence
