@@ -12,7 +12,7 @@ run's latest checkpoint (or ``--checkpoint``), with the signatures
 above the highest existing version.  An existing version is never
 overwritten.  Requests asking for more than ``--max_steps`` steps or
 ``--max_samples`` samples are refused by the served model (InvalidArgument).
-See export/README.md for serving it and tfhier/serving.py for the details.
+See docs/deployment.md for serving it and tfhier/serving.py for the details.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation 
 flags.DEFINE_boolean("mixed_precision", False, "Train the convolutional models under Keras' mixed_bfloat16 policy: "
                      "layers compute in bfloat16, distributions, KLs and losses in float32, weights and checkpoints "
                      "stay float32 (evaluate.py, sample.py and export run in float32). bench/train_step.py "
-                     "--mixed_precision measures what it gains on a machine (README \"Mixed precision\").")
+                     "--mixed_precision measures what it gains on a machine (docs/training.md, \"Mixed precision\").")
 
 # Devices.
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy: "

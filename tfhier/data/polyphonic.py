@@ -2,7 +2,7 @@
 
 The four MIDI datasets of Boulanger-Lewandowski et al. (ICML 2012) are the
 polyphonic-music benchmark of SRNN (Fraccaro et al. 2016, §4 and Table 2) and
-VHRNN (§5 and appendix B of ``vhrnn.txt``).  Both model every time step as an
+VHRNN (Deng et al. 2020, §5 and appendix B).  Both model every time step as an
 88-dimensional binary vector, one dimension per piano key, with a Bernoulli
 output distribution.
 

@@ -337,7 +337,7 @@ def precision_policy(mixed: bool):
     and evaluate.py, sample.py and export rebuild the model in float32), its computation runs in bfloat16, and
     the layers whose outputs parameterise a distribution (:data:`tfhier.heads.DISTRIBUTION_DTYPE`) in float32,
     so densities, KLs and losses are float32. bfloat16 has float32's exponent range, so no loss scaling is
-    needed (float16 would need it: it is not offered, see README "Mixed precision").
+    needed (float16 would need it: it is not offered, see docs/training.md, "Mixed precision").
     """
     old = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_PRECISION_POLICY if mixed else "float32")  # whatever the caller's policy

@@ -1,7 +1,7 @@
 """MS-STCN: multiscale stochastic temporal convolutional network.
 
 Andersson, Wahlström and Schön, "Learning deep autoregressive models for
-hierarchical data", SYSID 2021 (``../shared/papers/ms-stcn_andersson2021.txt``).
+hierarchical data", SYSID 2021.
 
 Bottom-up (eq. 8), with layer l downsampled by ``strides[l]`` relative to
 layer l-1 (total factor ``S^(l)``)::

@@ -1,6 +1,6 @@
 """STCN and STCN-dense: stochastic temporal convolutional networks (Aksan & Hilliges, ICLR 2019, §3).
 
-``../shared/papers/stcn_aksan2019.txt``.  A deterministic TCN of L layers,
+A deterministic TCN of L layers,
 each a stack of K WaveNet blocks with dilations growing exponentially within
 the layer (eq. 4), and one latent layer per TCN layer, per time step::
 

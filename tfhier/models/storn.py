@@ -1,7 +1,7 @@
 """STORN (Bayer & Osendorfer 2014, "Learning stochastic recurrent networks"): VOSP and VRAE, with the
 Wiener-process prior of §3.3.
 
-``../shared/papers/storn_bayer2014.txt``.
+Paper: arXiv:1411.7610.
 
 **VOSP**, the variational one-step predictor (§3.2): a recognition RNN whose
 deterministic state ``h_t`` summarises ``x_{1:t}``, a posterior
