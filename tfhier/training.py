@@ -37,7 +37,8 @@ from tfhier.rundir import RunDirError, RunLock, checkpoint_prefixes, repair_stat
 from tfhier.data.base import SequenceData
 from tfhier.data.pipeline import make_dataset, without_autotuning
 from tfhier.models import build_model
-from tfhier.models.base import check_mixed_precision, multi_worker, naive_generation_problem, precision_policy
+from tfhier.models.base import check_mixed_precision, naive_generation_problem, precision_policy
+from tfhier.replicas import multi_worker
 from tfhier import samples as samples_lib
 
 
@@ -332,7 +333,7 @@ def same_on_all_workers(strategy, value) -> bool:
 
 def check_batch_for(strategy, settings: TrainSettings):
     """The global batch must split evenly over the replicas (each replica then holds ``batch_size / N`` consecutive
-    sequences of it; see :func:`tfhier.models.base.replica_rows`). Validation's last, smaller batch may split
+    sequences of it; see :func:`tfhier.noise.replica_rows`). Validation's last, smaller batch may split
     unevenly: its metrics are weighted by sequences and steps, so they stay those of the whole split."""
     n = strategy.num_replicas_in_sync if strategy is not None else 1
     if settings.batch_size % n:
