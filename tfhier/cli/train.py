@@ -9,6 +9,7 @@ from its latest checkpoint.  See README.md.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -149,7 +150,7 @@ def main(argv):
     quiet_tensorflow_logging()  # TF's INFO lines drown the progress bar; --verbosity=0 brings them back
 
     settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
-                                         for f in training.dataclasses.fields(training.TrainSettings)})
+                                         for f in dataclasses.fields(training.TrainSettings)})
     settings.verbose = "auto" if FLAGS.verbose == "auto" else int(FLAGS.verbose)
     try:
         # Every flag is checked before any data is read.
