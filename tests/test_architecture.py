@@ -75,9 +75,31 @@ def imports_of(module, path, modules):
     return out
 
 
-def private_attribute_uses(path, modules):
-    """``tfhier.x._name`` attribute reads in ``path`` (a private name reached through a module object)."""
+def module_aliases(module, path, modules):
+    """``{local name: module}`` for the names an import binds to a module of the package anywhere in ``path``
+    (``import tfhier.x`` binds ``tfhier``; ``import tfhier.x as y`` and ``from tfhier import x as y`` bind ``y``)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    is_package = path.name == "__init__.py"
+    aliases = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name in modules:
+                    aliases[alias.asname or alias.name.split(".")[0]] = alias.name if alias.asname else \
+                        alias.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            source = _absolute(module, node, is_package)
+            for alias in node.names:
+                if source and f"{source}.{alias.name}" in modules:
+                    aliases[alias.asname or alias.name] = f"{source}.{alias.name}"
+    return aliases
+
+
+def private_attribute_uses(module, path, modules):
+    """``m._name`` attribute reads in ``path`` where ``m`` is a module of the package, named in full
+    (``tfhier.x._name``) or by the name an import bound it to (``hp._name``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    aliases = module_aliases(module, path, modules)
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
@@ -85,8 +107,8 @@ def private_attribute_uses(path, modules):
             while isinstance(value, ast.Attribute):
                 parts.append(value.attr)
                 value = value.value
-            if isinstance(value, ast.Name):
-                dotted = ".".join([value.id] + parts[::-1])
+            if isinstance(value, ast.Name) and value.id in aliases:
+                dotted = ".".join([aliases[value.id]] + parts[::-1])
                 if dotted in modules:
                     found.append((dotted, node.attr, node.lineno))
     return found
@@ -180,7 +202,8 @@ def test_the_reader_sees_every_kind_of_import(tmp_path):
     (pkg / "sub" / "__init__.py").write_text("from .b import thing\n")
     (pkg / "a.py").write_text("import os\nfrom tfhier.sub import b\n")
     (pkg / "sub" / "b.py").write_text("def f():\n    from tfhier import c\n    return c\nthing = 1\n")
-    (pkg / "c.py").write_text("class C:\n    def g(self):\n        import tfhier.a\n        from tfhier.a import _hidden\n")
+    (pkg / "c.py").write_text("class C:\n    def g(self):\n        import tfhier.a\n"
+                              "        from tfhier.a import _hidden\n")
     modules = module_files(pkg)
     assert set(modules) == {"tfhier", "tfhier.sub", "tfhier.a", "tfhier.sub.b", "tfhier.c"}
     graph = import_graph(modules)
@@ -193,6 +216,11 @@ def test_the_reader_sees_every_kind_of_import(tmp_path):
     assert cycles[0][0] == cycles[0][-1]
     names = [names for _, names, _ in imports_of("tfhier.c", modules["tfhier.c"], modules) if names]
     assert names == [["_hidden"]]
+    (pkg / "d.py").write_text("import tfhier.a\nfrom tfhier.sub import b as bee\n"
+                              "x = tfhier.a._one + bee._two + bee.thing + tfhier.a.__name__\n")
+    modules = module_files(pkg)
+    assert private_attribute_uses("tfhier.d", modules["tfhier.d"], modules) == [
+        ("tfhier.a", "_one", 3), ("tfhier.sub.b", "_two", 3)]
 
 
 def test_no_import_circles():
@@ -211,7 +239,7 @@ def test_no_module_imports_another_modules_private_names():
             private = [n for n in names if n.startswith("_") and not n.startswith("__")]
             if private and target != module:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{line}: from {target} import {', '.join(private)}")
-        for target, name, line in private_attribute_uses(path, modules):
+        for target, name, line in private_attribute_uses(module, path, modules):
             if target != module:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {target}.{name}")
     assert not found, "private names used across modules:\n" + "\n".join(found)

@@ -281,7 +281,7 @@ class SequenceModel(keras.Model):
     @property
     def hparams(self) -> dict:
         """The model's hyperparameters, defaults filled in (a copy)."""
-        return hp._copy(self._hparams)
+        return hp.copy_value(self._hparams)
 
     def get_config(self):
         """Everything the constructor needs: ``input_dim``, ``noise_seed`` and every hyperparameter."""
