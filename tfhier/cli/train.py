@@ -9,19 +9,12 @@ from its latest checkpoint.  See README.md.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import sys
 
-if __name__ == "__main__":  # python -m tfhier.cli.train: filter stderr before TensorFlow loads
-    from tfhier import quiet
+from tfhier.cli import prepare  # (no TensorFlow)
 
-    quiet.install()
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import warnings  # noqa: E402
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+prepare(__name__)  # python -m tfhier.cli.train: filter stderr before TensorFlow loads
 
 from absl import flags, logging  # noqa: E402
 
@@ -149,7 +142,7 @@ def main(argv):
     quiet_tensorflow_logging()  # TF's INFO lines drown the progress bar; --verbosity=0 brings them back
 
     settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
-                                         for f in training.dataclasses.fields(training.TrainSettings)})
+                                         for f in dataclasses.fields(training.TrainSettings)})
     settings.verbose = "auto" if FLAGS.verbose == "auto" else int(FLAGS.verbose)
     try:
         # Every flag is checked before any data is read.

@@ -33,7 +33,7 @@ From those this class writes, once for every recurrent model:
   on tiled particles, with states that can be resampled.
 
 Noise: ``z_t = loc + scale * eps_t`` (posterior) or ``loc + temperature *
-scale * eps_t`` (prior), ``eps`` drawn by :func:`tfhier.models.base.latent_noise`
+scale * eps_t`` (prior), ``eps`` drawn by :func:`tfhier.noise.latent_noise`
 for the call's seed, one layer (index 0), time-major: the same noise contract
 as the convolutional models.
 """
@@ -45,7 +45,8 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfhier.models.base import ModelOutput, SequenceModel, latent_noise, masked_inputs, primed_latent_mask
+from tfhier.models.base import ModelOutput, SequenceModel
+from tfhier.noise import latent_noise, masked_inputs, primed_latent_mask
 
 tfd = tfp.distributions
 

@@ -57,9 +57,10 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
-from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed, graph_call,
-                                head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs)
+from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, graph_call, head_hparams,
+                                latent_normal, make_model_head)
 from tfhier.models.hparams import HParam, HParamError
+from tfhier.noise import generation_latent_seed, latent_noise, masked_inputs
 from tfhier.models.recurrent import RECURRENT_MIXED_PRECISION, RecurrentModel
 from tfhier.models.vrnn import cell_state, run_cell
 
