@@ -18,7 +18,7 @@ Methods:
   it): traced once for every size; each step is one XLA computation
   (tfhier.models.base.generation_step), compiled once per batch size.
 * ``graph``: the same with ``model.xla_generation = False`` (every op of the
-  step dispatched by the graph executor: what the default path was before).
+  step dispatched by the graph executor: export's ``--noxla_generation``).
   XLA draws its stateless random numbers with its own implementation, so its
   samples are a different (equally valid) draw than this one's for a seed.
 * ``xla``: the whole cached loop with ``jit_compile=True`` and the sizes as
@@ -72,7 +72,7 @@ flags.DEFINE_string("saved_model", None, "Also time the `sample` signature of th
                     "'export': of this benchmark's model, exported to a temporary directory.")
 flags.DEFINE_float("temperature", 1.0, "Sampling temperature.")
 flags.DEFINE_float("authors_700x1_s", None, "The authors' sampler's time for 1 x 700 steps measured on this machine "
-                   "(../shared/anchor_bench: bench_ms_stcn.py --mode sample), for the speed-up figures.")
+                   "(bench/authors/bench_ms_stcn.py --mode sample, docs/benchmarks.md), for the speed-up figures.")
 FLAGS = flags.FLAGS
 
 

@@ -3,8 +3,8 @@
     python bench/side_by_side.py --anchor=$S [--pairs=4] [--sizes=128x1024,32x256] [--steps=6]
         [--mixed_precision_too] [--busy_cores=1] [--tfhier_flags='--intra_op_threads=1']
 
-``$S`` is the folder set up as ../shared/anchor_bench/README.md says (``$S/torchenv`` with torch,
-``$S/MS-STCN`` checked out at afd3586, ``$S/bench`` with the driver ``bench_ms_stcn.py``). Nothing of the
+``$S`` is the folder set up as docs/benchmarks.md says (``$S/torchenv`` with torch,
+``$S/MS-STCN`` checked out at afd3586, ``$S/bench`` with the drivers of ``bench/authors/``). Nothing of the
 authors' code is in this repository: it runs from that folder, in its own process.
 
 For every size, ``--pairs`` pairs are run, each pair the authors' step then tfhier's
@@ -26,7 +26,7 @@ from absl import app, flags
 
 from hoststat import cpu_jiffies, steal_fraction
 
-flags.DEFINE_string("anchor", None, "Folder with torchenv/, MS-STCN/ and bench/ (../shared/anchor_bench/README.md).")
+flags.DEFINE_string("anchor", None, "Folder with torchenv/, MS-STCN/ and bench/ (docs/benchmarks.md).")
 flags.DEFINE_integer("pairs", 4, "Pairs per size (authors, then tfhier).")
 flags.DEFINE_list("sizes", ["128x1024", "32x256"], "Batch x sequence length, comma-separated.")
 flags.DEFINE_integer("steps", 6, "Timed steps per process (after warm-up).")
@@ -57,13 +57,13 @@ def run_measured(cmd, env=None):
 def main(argv):
     del argv
     if not FLAGS.anchor:
-        raise app.UsageError("--anchor: the folder set up as ../shared/anchor_bench/README.md says")
+        raise app.UsageError("--anchor: the folder set up as docs/benchmarks.md says")
     anchor = os.path.abspath(FLAGS.anchor)
     torch_python = os.path.join(anchor, "torchenv", "bin", "python")
     driver = os.path.join(anchor, "bench", "bench_ms_stcn.py")
     for path in (torch_python, driver, os.path.join(anchor, "MS-STCN")):
         if not os.path.exists(path):
-            raise app.UsageError(f"--anchor={anchor}: {path} is missing (see ../shared/anchor_bench/README.md)")
+            raise app.UsageError(f"--anchor={anchor}: {path} is missing (see docs/benchmarks.md)")
     threads = FLAGS.threads or os.cpu_count()
     env = {**os.environ, "PYTHONPATH": os.path.join(anchor, "MS-STCN")}
     result = {"benchmark": "side_by_side_train_step", "machine": platform.machine(), "cpu_count": os.cpu_count(),

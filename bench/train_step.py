@@ -90,11 +90,12 @@ def main(_):
     from tfhier import training
     from tfhier.data.pipeline import without_autotuning
     from tfhier.models import MSSTCN
+    from tfhier.models.base import precision_policy
 
     rss_after_import = resident_gb()  # TensorFlow, Keras, TFP and tfhier imported, nothing built
     rss_file_after_import = resident_gb("RssFile")
 
-    with training.precision_policy(FLAGS.mixed_precision):
+    with precision_policy(FLAGS.mixed_precision):
         model = MSSTCN(3, head="handwriting", head_components=10, downsampling=FLAGS.downsampling).build_for_data()
     settings = training.TrainSettings(mixed_precision=FLAGS.mixed_precision)
     model.compile(optimizer=training.make_optimizer(settings), objective=training.make_objective(settings),

@@ -12,7 +12,7 @@ import pytest
 import tensorflow as tf
 
 from tfhier.models import MSSTCN
-from tfhier.models.base import latent_noise
+from tfhier.noise import latent_noise
 
 SEED = tf.constant([5, 11])
 TOL = 1e-5

@@ -91,7 +91,7 @@ def _iwae_pass(model, x, mask, stepwise):
     forward = model.forward_stepwise if stepwise else model.forward
     k = 3
     xk, mk = np.tile(x, [k, 1, 1]), np.tile(mask, [k, 1])
-    from tfhier.models.base import tiled_rows
+    from tfhier.noise import tiled_rows
     with tf.GradientTape() as tape:
         with tiled_rows(k):
             out = forward(xk, mk, seed=SEED)
@@ -132,7 +132,7 @@ def test_the_reference_is_independent_of_the_split():
     ref = model.forward_stepwise(x, mask, seed=SEED)
     features = model.sequence_features(tf.constant(x), tf.constant(mask))
     shifted = {k: tf.roll(v, 1, axis=1) for k, v in features.items()}
-    from tfhier.models.base import latent_noise
+    from tfhier.noise import latent_noise
     records = model.scan_latents(shifted, latent_noise(SEED, 0, 9, 3, 3), 3, 9)
     _, posterior, _ = model.readout(shifted, records)
     assert not np.allclose(posterior.loc.numpy(), ref.posteriors[0].loc.numpy(), atol=1e-3)

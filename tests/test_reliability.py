@@ -1,5 +1,5 @@
 """Never lose a trained run, never take the machine down: one test per failure a careful user (or a scheduler)
-can cause.  See README "Bad input" for the table of what each bad input gets."""
+can cause.  See docs/bad_input.md for the table of what each bad input gets."""
 
 import hashlib
 import importlib.util

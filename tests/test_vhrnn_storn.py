@@ -131,7 +131,7 @@ def test_vrae_continuation_takes_posterior_latents_for_the_prefix_and_the_prior_
     t = 0.7
     out = model.forward(x, np.ones((2, 10), np.float32), seed=SEED, latents="prior", temperature=t,
                         observed_lengths=lengths)
-    from tfhier.models.base import latent_noise
+    from tfhier.noise import latent_noise
 
     eps = np.transpose(latent_noise(SEED, 0, 10, 2, 2).numpy(), (1, 0, 2))
     seen = tf.sequence_mask(lengths, 10, dtype=tf.float32)

@@ -56,10 +56,10 @@ import tensorflow as tf
 
 from tfhier import objectives
 from tfhier.checks import integer_at_least
+from tfhier.data.base import SPLITS
 from tfhier.data.pipeline import make_dataset
-from tfhier.models.base import stateless_seed
+from tfhier.noise import stateless_seed
 
-SPLITS = ("train", "valid", "test")
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 ACTIVE_UNITS_DEFINITION = (

@@ -42,6 +42,8 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfhier.noise import latent_noise, masked_inputs, replica_categorical, stateless_seed, tiled_rows
+
 tfd = tfp.distributions
 
 KL_REGULARIZERS = ("linear_free_bits", "free_bits", "anneal", "none")
@@ -286,8 +288,6 @@ class IWAE(Objective):
     def compute(self, model, x, mask, seed, training=False):
         k = self.num_samples
         b = tf.shape(x)[0]
-        from tfhier.models.base import tiled_rows
-
         xt, mt = tf.tile(x, [k, 1, 1]), tf.tile(mask, [k, 1])
         with tiled_rows(k):  # (the noise of row k*B + b is sample k's of sequence b, on any number of replicas)
             out = model.forward(xt, mt, seed=seed, training=training)
@@ -324,7 +324,7 @@ class FIVO(Objective):
     ``log p(x, z) - log q(z | x)`` of the same noise.
 
     Padded steps neither weight nor resample.  Latent noise is the model's
-    contract (:func:`tfhier.models.base.latent_noise`) with the K particles as
+    contract (:func:`tfhier.noise.latent_noise`) with the K particles as
     extra batch rows, particle-major (row ``k*B + b``).  Logged beside the
     bound: the fraction of steps at which a sequence resampled and the
     analytic KL(q || p) of the particles (mean over particles, summed over
@@ -396,8 +396,6 @@ def particle_filter(propose_and_weight, initial_state, mask, num_particles, resa
 
     Returns ``(log p_hat [B], number of resampling steps [B], kl summed over time, mean over particles [B])``.
     """
-    from tfhier.models.base import replica_categorical, stateless_seed
-
     k = int(num_particles)
     mask = tf.cast(mask, tf.float32)
     b, t_len = tf.shape(mask)[0], tf.shape(mask)[1]
@@ -436,8 +434,6 @@ def fivo_bound(model, x, mask, seed, num_particles, resampling_threshold=0.5, tr
     sequence, and each step's weight comes from ``readout`` on that step; ``stepwise=True`` runs every step
     through ``step`` instead (the reference the tests compare with).
     """
-    from tfhier.models.base import latent_noise, masked_inputs, tiled_rows
-
     k = int(num_particles)
     x = masked_inputs(x, mask)
     mask = tf.cast(mask, tf.float32)

@@ -13,6 +13,9 @@
 * :func:`writable_problem`: whether a folder (or the nearest existing parent
   of one to be created) can be written, checked before work that would
   otherwise fail only at the end.
+* :func:`model_variables`: the model's variables by path, as every training
+  checkpoint holds them (written by :mod:`tfhier.training`, read by
+  :mod:`tfhier.runs`).
 """
 
 from __future__ import annotations
@@ -165,5 +168,19 @@ def writable_problem(path, what) -> Optional[str]:
     return None
 
 
-__all__ = ["OWNER_FILE", "RunDirError", "RunLock", "checkpoint_prefixes", "repair_state", "state_problem",
-           "writable_problem"]
+def model_variables(model) -> dict:
+    """The model's variables by path, for ``tf.train.Checkpoint``.
+
+    ``tf.train.Checkpoint(model=keras_model)`` does not see Keras 3 layers held
+    in Python lists (MS-STCN keeps one per latent layer), so the variables are
+    named explicitly: a checkpoint then holds every weight, whatever the
+    model's Python structure.
+    """
+    variables = {v.path: v for v in model.weights}
+    if len(variables) != len(model.weights):
+        raise ValueError(f"{model.name}: variable paths are not unique; cannot checkpoint by path")
+    return variables
+
+
+__all__ = ["OWNER_FILE", "RunDirError", "RunLock", "checkpoint_prefixes", "model_variables", "repair_state",
+           "state_problem", "writable_problem"]

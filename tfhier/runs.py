@@ -178,14 +178,14 @@ def restore_model_weights(model, checkpoint: str) -> int:
     """Restores every weight of the built ``model`` from a training checkpoint; returns the stored step.
 
     Training checkpoints hold the model's variables by path under ``model/``
-    (:func:`tfhier.training.model_variables`); optimizer slots and objective
+    (:func:`tfhier.rundir.model_variables`); optimizer slots and objective
     state are ignored.  Every weight is set to NaN first, so a weight the
     checkpoint does not provide is detected (training never saves non-finite
     weights) and raises :class:`RunError`.
     """
     import tensorflow as tf
 
-    from tfhier.training import model_variables
+    from tfhier.rundir import model_variables
 
     weights = [v for v in model.variables if "float" in str(v.dtype)]
     for v in weights:
@@ -270,7 +270,19 @@ def data_options(run_dir, config: Optional[dict] = None, flags: Optional[dict] =
     return options
 
 
-def _info_differences(saved: dict, now: dict) -> list:
+def jsonable_info(info: dict) -> dict:
+    """The scalar facts of a dataset's info (lists of line ids etc. are left out)."""
+    out = {}
+    for k, v in info.items():
+        if isinstance(v, (np.floating, np.integer)):
+            v = v.item()
+        if isinstance(v, (int, float, str, bool)):
+            out[k] = v
+    return out
+
+
+def info_differences(saved: dict, now: dict) -> list:
+    """What differs between two data facts of :func:`jsonable_info` (their keys in common), one line each."""
     diffs = []
     for key in sorted(set(saved) & set(now)):
         a, b = saved[key], now[key]
@@ -293,7 +305,6 @@ def load_run_data(run_dir, config: Optional[dict] = None, flags: Optional[dict] 
     cannot be loaded.
     """
     from tfhier.data import load_dataset
-    from tfhier.training import _jsonable
 
     config = config or read_config(run_dir)
     options = data_options(run_dir, config, flags, **overrides)
@@ -304,7 +315,7 @@ def load_run_data(run_dir, config: Optional[dict] = None, flags: Optional[dict] 
     diffs = []
     if data.feature_dim != int(config["feature_dim"]):
         diffs.append(f"feature_dim: trained on {config['feature_dim']}, now {data.feature_dim}")
-    diffs += _info_differences(config.get("data_info", {}), _jsonable(data.info))
+    diffs += info_differences(config.get("data_info", {}), jsonable_info(data.info))
     if diffs:
         source = "flags.cfg" if os.path.exists(os.path.join(run_dir, "flags.cfg")) else "default flags (no flags.cfg)"
         raise RunError(f"{run_dir}: the data reloaded with {source} {options} is not the data the run was "
@@ -322,5 +333,5 @@ def load_run(run_dir, checkpoint: Optional[str] = None, *, with_data: bool = Tru
 
 
 __all__ = ["DATA_FLAGS", "Run", "RunError", "checkpoint_step", "data_options", "latest_checkpoint", "load_model",
-           "load_run", "load_run_data", "parse_flags_text", "read_config", "read_flags",
-           "restore_model_weights"]
+           "info_differences", "jsonable_info", "load_run", "load_run_data", "parse_flags_text", "read_config",
+           "read_flags", "restore_model_weights"]

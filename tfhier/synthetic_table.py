@@ -1,4 +1,4 @@
-"""The VHRNN synthetic benchmark's table (vhrnn.txt Table 1): every run on every test setting, in one command.
+"""The VHRNN synthetic benchmark's table (VHRNN Table 1): every run on every test setting, in one command.
 
     python -m tfhier.synthetic_table --run_dirs=runs/vrnn_synthetic,runs/vrnn6_synthetic,runs/vhrnn_synthetic \\
         --fivo_particles=128 --out=docs/vhrnn_synthetic_table
@@ -21,7 +21,7 @@ import sys
 SETTINGS = ("standard", "noiseless", "switch", "rand", "long", "zero_shot", "add")
 COLUMNS = {"standard": "Test", "noiseless": "NOISELESS", "switch": "SWITCH", "rand": "RAND", "long": "LONG",
            "zero_shot": "ZERO-SHOT", "add": "ADD"}
-#: vhrnn.txt Table 1 (FIVO per step), by (model, z)
+#: VHRNN Table 1 (FIVO per step), by (model, z)
 PAPER = {("vrnn", 8): (2612, [-5.43, -2.50, -334173, -5.02, -1033348, -3.64, -3.57]),
          ("vrnn", 6): (1516, [-5.80, -3.66, -19735, -5.24, -27200, -4.39, -5.09]),
          ("vhrnn", 4): (1568, [-4.68, -2.08, -4.27, -3.91, -3005, -2.57, -2.62])}

@@ -12,7 +12,24 @@ no TensorFlow, so that :func:`tfhier.quiet.install` runs before TensorFlow's C++
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+import warnings
+
+
+def prepare(module_name: str):
+    """What every command-line module does first, when imported, before absl and TensorFlow load.
+
+    Run as ``python -m tfhier.cli.X`` (``module_name`` is then ``"__main__"``), it filters stderr
+    (:func:`tfhier.quiet.install`), as :func:`start` does for the other ways in; TensorFlow's C++ INFO lines are
+    off unless ``TF_CPP_MIN_LOG_LEVEL`` says otherwise, and Python's DeprecationWarnings are not shown.
+    """
+    if module_name == "__main__":
+        from tfhier import quiet
+
+        quiet.install()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def start(module_name: str):

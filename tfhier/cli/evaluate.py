@@ -15,21 +15,15 @@ See tfhier/evaluation.py for the definitions.
 
 from __future__ import annotations
 
-import os
 import sys
 
-if __name__ == "__main__":  # python -m tfhier.cli.evaluate: filter stderr before TensorFlow loads
-    from tfhier import quiet
+from tfhier.cli import prepare  # (no TensorFlow)
 
-    quiet.install()
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import warnings  # noqa: E402
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+prepare(__name__)  # python -m tfhier.cli.evaluate: filter stderr before TensorFlow loads
 
 from absl import flags, logging  # noqa: E402
+
+from tfhier.data.base import SPLITS  # noqa: E402  (no TensorFlow)
 
 FLAGS = flags.FLAGS
 
@@ -48,9 +42,6 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints
 flags.DEFINE_string("data_dir", None, "Overrides the run's --data_dir (if the data has moved since training).")
 flags.DEFINE_integer("plots", 0, "Also plot the first this many sequences: data, KL per step, predicted output "
                      "log-variance, error of the predicted mean (VHRNN Figs. 2-4), to R/plots/ and TensorBoard.")
-
-
-SPLITS = ("train", "valid", "test")
 
 
 def check_flags():

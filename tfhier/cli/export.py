@@ -12,7 +12,7 @@ run's latest checkpoint (or ``--checkpoint``), with the signatures
 above the highest existing version.  An existing version is never
 overwritten.  Requests asking for more than ``--max_steps`` steps or
 ``--max_samples`` samples are refused by the served model (InvalidArgument).
-See export/README.md for serving it and tfhier/serving.py for the details.
+See docs/deployment.md for serving it and tfhier/serving.py for the details.
 """
 
 from __future__ import annotations
@@ -20,16 +20,9 @@ from __future__ import annotations
 import os
 import sys
 
-if __name__ == "__main__":  # python -m tfhier.cli.export: filter stderr before TensorFlow loads
-    from tfhier import quiet
+from tfhier.cli import prepare  # (no TensorFlow)
 
-    quiet.install()
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import warnings  # noqa: E402
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+prepare(__name__)  # python -m tfhier.cli.export: filter stderr before TensorFlow loads
 
 from absl import flags  # noqa: E402
 

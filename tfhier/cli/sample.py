@@ -35,18 +35,13 @@ import json
 import os
 import sys
 
-if __name__ == "__main__":  # python -m tfhier.cli.sample: filter stderr before TensorFlow loads
-    from tfhier import quiet
+from tfhier.cli import prepare  # (no TensorFlow)
 
-    quiet.install()
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import warnings  # noqa: E402
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+prepare(__name__)  # python -m tfhier.cli.sample: filter stderr before TensorFlow loads
 
 from absl import flags, logging  # noqa: E402
+
+from tfhier.data.base import SPLITS  # noqa: E402  (no TensorFlow)
 
 FLAGS = flags.FLAGS
 
@@ -73,7 +68,6 @@ flags.DEFINE_integer("max_steps", 5000, "The most steps this command draws per s
 flags.DEFINE_integer("max_samples", 256, "The most sequences this command draws unless raised here.")
 
 METHODS = ("cached", "naive")
-SPLITS = ("train", "valid", "test")
 PROG = "sample.py"
 
 

@@ -9,19 +9,12 @@ from its latest checkpoint.  See README.md.
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import sys
 
-if __name__ == "__main__":  # python -m tfhier.cli.train: filter stderr before TensorFlow loads
-    from tfhier import quiet
+from tfhier.cli import prepare  # (no TensorFlow)
 
-    quiet.install()
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import warnings  # noqa: E402
-
-warnings.filterwarnings("ignore", category=DeprecationWarning)
+prepare(__name__)  # python -m tfhier.cli.train: filter stderr before TensorFlow loads
 
 from absl import flags, logging  # noqa: E402
 
@@ -60,7 +53,7 @@ flags.DEFINE_boolean("jit_compile", None, "Compile the training and validation s
 flags.DEFINE_boolean("mixed_precision", False, "Train the convolutional models under Keras' mixed_bfloat16 policy: "
                      "layers compute in bfloat16, distributions, KLs and losses in float32, weights and checkpoints "
                      "stay float32 (evaluate.py, sample.py and export run in float32). bench/train_step.py "
-                     "--mixed_precision measures what it gains on a machine (README \"Mixed precision\").")
+                     "--mixed_precision measures what it gains on a machine (docs/training.md, \"Mixed precision\").")
 
 # Devices.
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"], "tf.distribute strategy: "
@@ -152,7 +145,7 @@ def main(argv):
     quiet_tensorflow_logging()  # TF's INFO lines drown the progress bar; --verbosity=0 brings them back
 
     settings = training.TrainSettings(**{f.name: getattr(FLAGS, f.name)
-                                         for f in training.dataclasses.fields(training.TrainSettings)})
+                                         for f in dataclasses.fields(training.TrainSettings)})
     settings.verbose = "auto" if FLAGS.verbose == "auto" else int(FLAGS.verbose)
     try:
         # Every flag is checked before any data is read.

@@ -13,6 +13,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+#: the splits of every data set, in this order
+SPLITS = ("train", "valid", "test")
+
 
 class DataError(ValueError):
     """Bad input data: the message names the file or flag and what was expected."""
@@ -49,13 +52,13 @@ class SequenceData:
     train_augment: Optional[Callable[[Any], Any]] = None
 
     def split(self, name: str) -> list:
-        if name not in ("train", "valid", "test"):
+        if name not in SPLITS:
             raise DataError(f"split must be one of train/valid/test, got {name!r}")
         return getattr(self, name)
 
     def check(self) -> "SequenceData":
         """Raises DataError unless every split is a non-empty list of [T>0, D] float32 arrays."""
-        for split in ("train", "valid", "test"):
+        for split in SPLITS:
             seqs = getattr(self, split)
             if len(seqs) == 0:
                 raise DataError(f"dataset {self.name!r}: the {split} split is empty")

@@ -16,7 +16,7 @@ import functools
 import numpy as np
 from HersheyFonts import HersheyFonts
 
-from tfhier.data.base import DataError, SequenceData
+from tfhier.data.base import SPLITS, DataError, SequenceData
 from tfhier.data.strokes import apply_offset_scale, offset_scale, points_to_steps
 
 # 'cursive' ships the same glyphs as 'scripts' in HersheyFonts 2.1, so it would
@@ -60,7 +60,6 @@ white who whole why wide wild will wind window winter with without woman wood
 word work world would write year yes yet you young your
 """.split()
 
-SPLITS = ("train", "valid", "test")
 
 
 def make_hershey_handwriting(*, num_train: int = 2000, num_valid: int = 100, num_test: int = 100,

@@ -50,10 +50,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from tfhier.data.base import DataError, SequenceData
+from tfhier.data.base import SPLITS, DataError, SequenceData
 from tfhier.data.strokes import OFFSET_SCALES, apply_offset_scale, offset_scale, points_to_steps
 
-SPLITS = ("train", "valid", "test")
 TASK_FILES = {
     "train": ("trainset.txt",),
     "valid": ("testset_v.txt", "testset_t.txt"),

@@ -24,9 +24,8 @@ from typing import Optional
 
 import numpy as np
 
-from tfhier.data.base import DataError, SequenceData
+from tfhier.data.base import SPLITS, DataError, SequenceData
 
-_SPLITS = ("train", "valid", "test")
 NUM_PIXELS = 784
 
 
@@ -61,11 +60,11 @@ def load_binarized_mnist(path: str | os.PathLike, *, limit: Optional[int] = None
         raise DataError(f"{path}: holds a single array, expected an .npz with keys train/valid/test")
     splits = {}
     with npz:
-        missing = [k for k in _SPLITS if k not in npz.files]
+        missing = [k for k in SPLITS if k not in npz.files]
         if missing:
             raise DataError(
                 f"{path}: missing key(s) {missing}; expected keys train/valid/test, found {npz.files}")
-        for split in _SPLITS:
+        for split in SPLITS:
             try:
                 arr = npz[split]
             except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:

@@ -2,7 +2,7 @@
 
 The four MIDI datasets of Boulanger-Lewandowski et al. (ICML 2012) are the
 polyphonic-music benchmark of SRNN (Fraccaro et al. 2016, §4 and Table 2) and
-VHRNN (§5 and appendix B of ``vhrnn.txt``).  Both model every time step as an
+VHRNN (Deng et al. 2020, §5 and appendix B).  Both model every time step as an
 88-dimensional binary vector, one dimension per piano key, with a Bernoulli
 output distribution.
 
@@ -44,13 +44,12 @@ from typing import Any
 
 import numpy as np
 
-from tfhier.data.base import DataError, SequenceData
+from tfhier.data.base import SPLITS, DataError, SequenceData
 
 LOWEST_NOTE = 21
 HIGHEST_NOTE = 108
 NUM_KEYS = HIGHEST_NOTE - LOWEST_NOTE + 1  # 88
 
-_SPLITS = ("train", "valid", "test")
 
 
 def _numpy_scalar():
@@ -197,14 +196,14 @@ def load_polyphonic(path: str | os.PathLike) -> SequenceData:
     if not isinstance(obj, dict):
         raise DataError(
             f"{path}: holds a {type(obj).__name__}, expected a dict with keys 'train', 'valid', 'test'")
-    missing = [s for s in _SPLITS if s not in obj]
+    missing = [s for s in SPLITS if s not in obj]
     if missing:
         raise DataError(
             f"{path}: the dict lacks key(s) {missing}, expected keys 'train', 'valid', 'test' "
             f"(found {sorted(map(str, obj.keys()))})")
     splits = {}
     total_steps = 0
-    for split in _SPLITS:
+    for split in SPLITS:
         seqs = obj[split]
         if not isinstance(seqs, (list, tuple)):
             raise DataError(
@@ -220,7 +219,7 @@ def load_polyphonic(path: str | os.PathLike) -> SequenceData:
             raise DataError(f"{path}: holds more than {MAX_TOTAL_STEPS:,} time steps (counted up to the "
                             f"'{split}' split); a music data set holds far fewer (refused before building piano "
                             f"rolls)")
-    for split in _SPLITS:
+    for split in SPLITS:
         seqs = obj[split]
         splits[split] = [_piano_roll(s, path, split, i) for i, s in enumerate(seqs)]
     dataset = os.path.splitext(os.path.basename(path))[0]

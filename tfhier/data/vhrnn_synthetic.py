@@ -1,4 +1,4 @@
-"""The synthetic switching-noise linear dynamics of VHRNN (``vhrnn.txt`` §4).
+"""The synthetic switching-noise linear dynamics of VHRNN (Deng et al. 2020, §4).
 
 Paper specification (§4, Eq. 6 and the list of test settings):
 
@@ -199,7 +199,7 @@ def _generate(kind: str, n: int, seq_len: int, rng: np.random.Generator, mats: n
 def make_vhrnn_synthetic(setting: str = "train", *, seed: int = 0, seq_len: int = 100,
                          num_train: int = 800, num_valid: int = 100, num_test: int = 100,
                          ) -> SequenceData:
-    """Generates the VHRNN synthetic dataset (§4 of ``vhrnn.txt``).
+    """Generates the VHRNN synthetic dataset (VHRNN §4).
 
     Args:
       setting: which test split to generate: ``'train'`` (or ``'standard'``,

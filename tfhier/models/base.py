@@ -10,8 +10,8 @@ them) and implements
   variables are drawn from the posteriors (scoring, training) or from the
   priors (generation, causality checks), or, with ``observed_lengths``, from
   the posteriors for the latent steps the observed prefix covers and the
-  priors elsewhere (priming, see :func:`primed_latent_mask`), with stateless
-  noise from ``seed`` (int32 [2]) drawn by :func:`latent_noise`;
+  priors elsewhere (priming, see :func:`tfhier.noise.primed_latent_mask`), with
+  stateless noise from ``seed`` (int32 [2]) drawn by :func:`tfhier.noise.latent_noise`;
 * ``latent_layer_names``: one name per latent layer, closest to the data first
   (empty for a model without latent variables), with ``latent_dims`` and
   ``latent_factors`` (units per step and time factor of each layer);
@@ -32,7 +32,7 @@ and gets from this class:
   ``continue_sequences_naive``: re-running ``forward`` over the whole buffer at
   every step, cost quadratic in the length); models with a cached generator
   (MS-STCN: :mod:`tfhier.generation`) override the two.  Both kinds follow the
-  noise contract below, so for the same seed they give the same sequences;
+  noise contract (:mod:`tfhier.noise`), so for the same seed they give the same sequences;
 * ``train_step`` / ``test_step`` for ``fit`` / ``evaluate``, with the loss of
   :class:`tfhier.objectives.Objective` given to ``compile``.
 
@@ -42,18 +42,11 @@ it unchanged: the per-sequence loss is averaged over the *global* batch
 ``global_clipnorm`` after aggregation, and every reported number is a Keras
 metric.
 
-Generation noise contract (what makes cached and naive generators agree, and
-``generate(N, 700)`` the first 700 steps of ``generate(N, 1400)``, in and out
-of a SavedModel): from the call's ``seed`` (int32 [2]),
-
-* latent noise: ``eps`` of layer l is ``latent_noise(stateless_seed(seed, 0), l, T_l, B, Z_l)``,
-  drawn time-major so the value for (sample b, step tau) does not depend on
-  how many steps T_l are drawn (:func:`latent_noise`); latent step tau uses
-  ``z = mu_p + temperature * sigma_p * eps[tau]`` (prior) or
-  ``z = mu_q + sigma_q * eps[tau]`` (posterior, primed steps);
-* output step t (absolute position in the sequence, prefix included) is drawn
-  by ``head.distribution(eta_t, temperature).sample(seed=stateless_seed(seed, 1, t))``
-  (:func:`output_step_seed`).
+Generation follows the noise contract of :mod:`tfhier.noise` (what makes
+cached and naive generators agree, and ``generate(N, 700)`` the first 700
+steps of ``generate(N, 1400)``, in and out of a SavedModel): latent noise from
+:func:`~tfhier.noise.generation_latent_seed`, output step t from
+:func:`~tfhier.noise.output_step_seed`.
 
 Generation runs its step body as one XLA computation (:func:`generation_step`:
 a ``tf.function(jit_compile=True)`` called inside the graph-mode
@@ -80,6 +73,8 @@ import tensorflow_probability as tfp
 
 from tfhier import blocks, objectives
 from tfhier.models import hparams as hp
+from tfhier.noise import generation_latent_seed, latent_noise, masked_inputs, output_step_seed, stateless_seed
+from tfhier.replicas import all_reduce_sum, multi_worker, replica_position
 
 tfd = tfp.distributions
 
@@ -109,13 +104,6 @@ def make_model_head(model, name="head"):
     return make_head(h["head"], model.input_dim, h["head_components"], mixture=h["mixture"], name=name)
 
 
-def masked_inputs(x, mask):
-    """``x`` [B, T, D] with every padded step (``mask`` 0) set to 0, NaN and Inf included (``x * mask`` would keep
-    them), so padding can reach no real step and no gradient."""
-    x = tf.convert_to_tensor(x, tf.float32)
-    return tf.where(tf.cast(mask, tf.float32)[..., None] > 0, x, tf.zeros_like(x))
-
-
 @dataclasses.dataclass
 class ModelOutput:
     """What one forward pass produces (see :mod:`tfhier.objectives`)."""
@@ -129,136 +117,6 @@ class ModelOutput:
     # per layer [B, T_l, Z_l]: the analytic KL(q || p) per element when the prior does not factorise over steps
     # (STORN's Wiener process); None: the element-wise KL of posteriors and priors
     kl_elements: Optional[list] = None
-
-
-def stateless_seed(seed, *salts):
-    """Derives an int32 [2] stateless seed from ``seed`` and integer salts."""
-    seed = tf.cast(seed, tf.int32)
-    for salt in salts:
-        seed = tf.random.experimental.stateless_fold_in(seed, salt)
-    return seed
-
-
-def output_step_seed(seed, t):
-    """Seed of the head's draw for output step ``t`` of a generation call with ``seed`` (see the module doc)."""
-    return stateless_seed(seed, 1, t)
-
-
-def generation_latent_seed(seed):
-    """Seed ``forward`` gets for the latent noise of a generation call with ``seed``."""
-    return stateless_seed(seed, 0)
-
-
-_ROW_COPIES = [1]
-
-
-@contextlib.contextmanager
-def tiled_rows(copies):
-    """Declares (while a graph is traced) that the batch rows are ``copies`` sample-major copies of the
-    sequences (row ``k * B + b``: IWAE's samples, FIVO's particles), so :func:`replica_rows` keys each row by its
-    sequence's position in the global batch and its copy."""
-    _ROW_COPIES.append(int(copies))
-    try:
-        yield
-    finally:
-        _ROW_COPIES.pop()
-
-
-def replica_rows(draw, batch, row_axis=0, copies=None):
-    """``draw(rows)`` for this replica's ``batch`` rows as one device would draw them for the global batch.
-
-    Under a ``tf.distribute`` strategy with N replicas in sync, each replica
-    holds ``batch`` consecutive rows of the global batch (replica r: sequences
-    ``[r * B, (r + 1) * B)``, B = batch / copies of :func:`tiled_rows`).  The
-    noise of a sequence is keyed by that global position, not by the replica:
-    every replica draws the global batch's noise (cheap beside the network) and
-    keeps its own rows, so N replicas draw exactly what one device draws for
-    the same global batch.  With one replica this is ``draw(batch)``.
-    ``copies``: the rows' layout, when not the one :func:`tiled_rows` declares.
-    """
-    n, replica_id = replica_position()
-    if n == 1:
-        return draw(batch)
-    copies = _ROW_COPIES[-1] if copies is None else int(copies)
-    local = batch // copies
-    full = draw(batch * n)  # rows k * (n * local) + global sequence index
-    shape = tf.shape(full)
-    lead, rest = shape[:row_axis], shape[row_axis + 1:]
-    full = tf.reshape(full, tf.concat([lead, [copies, n * local], rest], 0))
-    begin = replica_id * local
-    mine = tf.gather(full, tf.range(begin, begin + local), axis=row_axis + 1)
-    return tf.reshape(mine, tf.concat([lead, [batch], rest], 0))
-
-
-def all_reduce_sum(context, values):
-    """``context.all_reduce(SUM, values)`` on copies made under the replica's device: with one replica per
-    worker, MultiWorkerMirroredStrategy places the all-reduce by its inputs' devices, and a read of a
-    variable colocated with an uncommitted resource (a metric's) has none."""
-    return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.nest.map_structure(tf.identity, values))
-
-
-def multi_worker(strategy=None) -> bool:
-    """Whether ``strategy`` (default: the current one) spans several workers (MultiWorkerMirroredStrategy with a
-    cluster)."""
-    extended = (strategy or tf.distribute.get_strategy()).extended
-    return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)())
-
-
-def replica_position():
-    """``(replicas in sync, this replica's id)``: ``(1, 0)`` outside a distribution strategy's replica context."""
-    replica = tf.distribute.get_replica_context()
-    if replica is None or replica.num_replicas_in_sync == 1:
-        return 1, 0
-    return replica.num_replicas_in_sync, replica.replica_id_in_sync_group
-
-
-def replica_categorical(logits, num_samples, seed):
-    """``tf.random.stateless_categorical(logits [B, K], num_samples, seed)`` with each row drawn as one device
-    draws it at that sequence's place in the global batch (see :func:`replica_rows`; a row's draw depends on
-    its own logits and position only, so the other replicas' rows are filled with zeros)."""
-    n, replica_id = replica_position()
-    b = tf.shape(logits)[0]
-
-    def draw(rows):
-        padded = tf.pad(logits, [[replica_id * b, rows - (replica_id + 1) * b], [0, 0]])
-        return tf.random.stateless_categorical(padded, num_samples, seed=seed, dtype=tf.int32)
-
-    return replica_rows(draw, b, copies=1)
-
-
-def latent_noise(seed, layer, num_steps, batch, dim):
-    """Standard normal noise of latent layer ``layer``, time-major ``[num_steps, batch, dim]``.
-
-    TensorFlow's stateless normal (Philox, counter-based) gives element i of
-    the flattened output the same value whatever the total size, so with time
-    as the leading axis the noise of (step tau, sample b) is the same however
-    many steps are drawn: a generator that knows its final length draws once,
-    and a forward pass over any padded buffer sees the same values.  (XLA's
-    implementation of the op draws another, equally valid, stream.)  Under a
-    distribution strategy each row's noise is that of its place in the global
-    batch (:func:`replica_rows`).
-    """
-    seed = stateless_seed(seed, layer)
-    return replica_rows(lambda rows: tf.random.stateless_normal(tf.stack([num_steps, rows, dim]), seed=seed),
-                        batch, row_axis=1)
-
-
-def primed_latent_mask(observed_lengths, factor, num_steps):
-    """``[B, T_l]`` bool: latent step tau of a layer with total factor ``factor`` is drawn from the posterior.
-
-    Priming rule: step tau serves fine steps ``[factor*tau, factor*(tau+1))``.
-    When that whole span lies inside the observed prefix
-    (``factor*(tau+1) <= observed_length``), z is drawn from the approximate
-    posterior q(z | prefix), else from the prior.  The prior of step tau only
-    sees data before ``factor*tau`` (the Delay of eq. 10): drawing the slow
-    latents of a fully observed span from it would ignore what the prefix says
-    about them (e.g. a handwriting line's style), so a continuation would not
-    follow the prefix.  A partly observed span still uses the prior: q would
-    need the unobserved rest of the span.
-    """
-    taus = tf.range(num_steps)
-    lengths = tf.cast(observed_lengths, tf.int32)
-    return factor * (taus[None, :] + 1) <= lengths[:, None]
 
 
 def latent_normal(params):
@@ -337,7 +195,7 @@ def precision_policy(mixed: bool):
     and evaluate.py, sample.py and export rebuild the model in float32), its computation runs in bfloat16, and
     the layers whose outputs parameterise a distribution (:data:`tfhier.heads.DISTRIBUTION_DTYPE`) in float32,
     so densities, KLs and losses are float32. bfloat16 has float32's exponent range, so no loss scaling is
-    needed (float16 would need it: it is not offered, see README "Mixed precision").
+    needed (float16 would need it: it is not offered, see docs/training.md, "Mixed precision").
     """
     old = keras.config.dtype_policy()
     keras.config.set_dtype_policy(MIXED_PRECISION_POLICY if mixed else "float32")  # whatever the caller's policy
@@ -429,7 +287,7 @@ class SequenceModel(keras.Model):
     @property
     def hparams(self) -> dict:
         """The model's hyperparameters, defaults filled in (a copy)."""
-        return hp._copy(self._hparams)
+        return hp.copy_value(self._hparams)
 
     def get_config(self):
         """Everything the constructor needs: ``input_dim``, ``noise_seed`` and every hyperparameter."""
@@ -522,7 +380,7 @@ class SequenceModel(keras.Model):
         ``prefix`` [B, T0, D] holds row b's observed steps in ``[:prefix_lengths[b]]``
         (1 <= length <= T0; the rest is padding and ignored).  Latent steps
         the prefix covers entirely come from the posterior (see
-        :func:`primed_latent_mask`).  The cached step-wise loop or the naive
+        :func:`tfhier.noise.primed_latent_mask`).  The cached step-wise loop or the naive
         method, as :meth:`generate`.
         """
         if self.stepwise_generation:
@@ -544,7 +402,7 @@ class SequenceModel(keras.Model):
         """The output parameters of the next step: ``(eta [B, P], carry)``.
 
         ``eps``: this step's standard normal latent noise, one ``[B, Z_l]`` per
-        latent layer (from the call's :func:`latent_noise`); latents are
+        latent layer (from the call's :func:`tfhier.noise.latent_noise`); latents are
         ``loc + temperature * scale * eps`` from the prior, or, where
         ``observed = (x_t [B, D], is_observed [B] bool)`` says the step is in
         the prefix, ``loc + scale * eps`` from the posterior (what ``forward``
@@ -558,7 +416,7 @@ class SequenceModel(keras.Model):
         raise NotImplementedError
 
     def _stepwise_sample(self, prefix, prefix_lengths, num_steps, seed, temperature, num_samples=None):
-        """The cached loop over the step-wise interface: O(1) per step, the module's noise contract.
+        """The cached loop over the step-wise interface: O(1) per step, the noise contract of :mod:`tfhier.noise`.
 
         The prefix (if any) is fed through the same steps, teacher-forced, so
         the state after it is the one a forward pass over it would reach.
@@ -723,7 +581,7 @@ class SequenceModel(keras.Model):
 
     def _training_seed(self, step):
         # The same on every replica: each sequence's noise is keyed by its row of the global batch
-        # (replica_rows), so N replicas draw what one device draws.
+        # (tfhier.noise.replica_rows), so N replicas draw what one device draws.
         return stateless_seed(tf.stack([self.noise_seed, tf.cast(step, tf.int32)]), 0)
 
     def train_step(self, data):

@@ -135,11 +135,12 @@ def resolve(cls, values: dict, *, model_name: str) -> dict:
                           f"(it has: {', '.join(sorted(declared))})")
     out = {}
     for name, h in declared.items():
-        out[name] = h.parse(values[name], f"{model_name}: {name}") if name in values else _copy(h.default)
+        out[name] = h.parse(values[name], f"{model_name}: {name}") if name in values else copy_value(h.default)
     return out
 
 
-def _copy(value):
+def copy_value(value):
+    """A deep copy of a hyperparameter's value (lists, tuples and dicts through JSON, as config.json holds them)."""
     return json.loads(json.dumps(value)) if isinstance(value, (list, tuple, dict)) else value
 
 
@@ -237,5 +238,5 @@ def config_from_flags(models: dict, model_name: str, flag_values, model_config: 
     return values
 
 
-__all__ = ["HParam", "HParamError", "KINDS", "config_from_flags", "define_flags", "flag_table",
+__all__ = ["HParam", "HParamError", "KINDS", "config_from_flags", "copy_value", "define_flags", "flag_table",
            "read_model_config_flag", "resolve"]

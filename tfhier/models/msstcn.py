@@ -1,7 +1,7 @@
 """MS-STCN: multiscale stochastic temporal convolutional network.
 
 Andersson, Wahlström and Schön, "Learning deep autoregressive models for
-hierarchical data", SYSID 2021 (``../shared/papers/ms-stcn_andersson2021.txt``).
+hierarchical data", SYSID 2021.
 
 Bottom-up (eq. 8), with layer l downsampled by ``strides[l]`` relative to
 layer l-1 (total factor ``S^(l)``)::
@@ -65,11 +65,11 @@ import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
 from tfhier.heads import DISTRIBUTION_DTYPE
-from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed,
-                                generation_step, graph_call, head_hparams, latent_noise, latent_normal,
-                                make_model_head, masked_inputs, output_step_seed, primed_latent_mask, replica_rows,
-                                stateless_seed)
+from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_step, graph_call,
+                                head_hparams, latent_normal, make_model_head)
 from tfhier.models.hparams import HParam
+from tfhier.noise import (generation_latent_seed, latent_noise, masked_inputs, output_step_seed, primed_latent_mask,
+                          replica_rows, stateless_seed)
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
@@ -208,8 +208,8 @@ class MSSTCN(SequenceModel):
         [B] (priming a continuation), z ~ q for the latent steps whose whole
         span of fine steps lies inside row b's observed prefix
         (``S^(l)*(tau+1) <= observed_lengths[b]``) and z ~ p elsewhere: see
-        :func:`tfhier.models.base.primed_latent_mask` for the rule and why.
-        Noise: :func:`tfhier.models.base.latent_noise` (independent of T).
+        :func:`tfhier.noise.primed_latent_mask` for the rule and why.
+        Noise: :func:`tfhier.noise.latent_noise` (independent of T).
         """
         if latents not in ("posterior", "prior"):
             raise ValueError(f"latents must be 'posterior' or 'prior', got {latents!r}")
@@ -324,7 +324,7 @@ class MSSTCNGenerator:
     unrolled: static structure, XLA-friendly) and run by an inner
     ``tf.while_loop`` otherwise (e.g. strides 5, 5, 4 of the speech configs).
 
-    Noise follows the contract of :mod:`tfhier.models.base`, so for the same
+    Noise follows the contract of :mod:`tfhier.noise`, so for the same
     seed the cached and naive generators give the same sequences up to float
     rounding.  Priming (continuations): the prefix is fed through the same
     machinery (teacher forcing).  A latent step whose whole span of fine steps

@@ -58,7 +58,7 @@ stays: it samples from the prior and primes continuations, it is what cached
 generation runs, and it is the reference the tests compare the split with.
 
 Noise: ``z_t = loc + scale * eps_t`` (posterior) or ``loc + temperature *
-scale * eps_t`` (prior), ``eps`` drawn by :func:`tfhier.models.base.latent_noise`
+scale * eps_t`` (prior), ``eps`` drawn by :func:`tfhier.noise.latent_noise`
 for the call's seed, one layer (index 0), time-major: the same noise contract
 as the convolutional models.
 """
@@ -70,7 +70,8 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfhier.models.base import ModelOutput, SequenceModel, latent_noise, masked_inputs, primed_latent_mask
+from tfhier.models.base import ModelOutput, SequenceModel
+from tfhier.noise import latent_noise, masked_inputs, primed_latent_mask
 
 tfd = tfp.distributions
 

@@ -1,6 +1,6 @@
 """SRNN: the stochastic recurrent neural network (Fraccaro et al., NIPS 2016), eqs. 1-12 and appendix A.
 
-``../shared/papers/srnn_fraccaro2016.txt``.  A deterministic GRU and a
+A deterministic GRU and a
 state-space layer glued together, with u_t = x_{t-1}::
 
     d_t = GRU(d_{t-1}, phi_x(x_{t-1}))                                   (1), d_0 = 0, x_0 = 0

@@ -1,6 +1,6 @@
 """STCN and STCN-dense: stochastic temporal convolutional networks (Aksan & Hilliges, ICLR 2019, §3).
 
-``../shared/papers/stcn_aksan2019.txt``.  A deterministic TCN of L layers,
+A deterministic TCN of L layers,
 each a stack of K WaveNet blocks with dilations growing exponentially within
 the layer (eq. 4), and one latent layer per TCN layer, per time step::
 
@@ -54,9 +54,9 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfhier.blocks import Delay, PointwiseMLP, WaveNet
-from tfhier.models.base import (ModelOutput, SequenceModel, head_hparams, latent_noise, latent_normal, make_model_head,
-                                masked_inputs, primed_latent_mask)
+from tfhier.models.base import ModelOutput, SequenceModel, head_hparams, latent_normal, make_model_head
 from tfhier.models.hparams import HParam, HParamError
+from tfhier.noise import latent_noise, masked_inputs, primed_latent_mask
 from tfhier.heads import DISTRIBUTION_DTYPE
 from tfhier.models.wavenet import CONV_HPARAMS
 
@@ -163,7 +163,7 @@ class STCN(SequenceModel):
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
                 observed_lengths=None) -> ModelOutput:
         """One pass; see :class:`tfhier.models.base.SequenceModel` (priming: z ~ q for the steps inside
-        the observed prefix, :func:`~tfhier.models.base.primed_latent_mask` with factor 1)."""
+        the observed prefix, :func:`~tfhier.noise.primed_latent_mask` with factor 1)."""
         if latents not in ("posterior", "prior"):
             raise ValueError(f"latents must be 'posterior' or 'prior', got {latents!r}")
         if observed_lengths is not None and latents != "prior":

@@ -1,7 +1,7 @@
 """STORN (Bayer & Osendorfer 2014, "Learning stochastic recurrent networks"): VOSP and VRAE, with the
 Wiener-process prior of §3.3.
 
-``../shared/papers/storn_bayer2014.txt``.
+Paper: arXiv:1411.7610.
 
 **VOSP**, the variational one-step predictor (§3.2): a recognition RNN whose
 deterministic state ``h_t`` summarises ``x_{1:t}``, a posterior
@@ -58,9 +58,10 @@ import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
 from tfhier.models import cells
-from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_latent_seed, graph_call,
-                                head_hparams, latent_noise, latent_normal, make_model_head, masked_inputs)
+from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, graph_call, head_hparams,
+                                latent_normal, make_model_head)
 from tfhier.models.hparams import HParam, HParamError
+from tfhier.noise import generation_latent_seed, latent_noise, masked_inputs
 from tfhier.models.recurrent import RECURRENT_MIXED_PRECISION, RecurrentModel
 from tfhier.models.vrnn import cell_state, run_cell
 

@@ -1,4 +1,4 @@
-"""VHRNN: the variational hyper RNN (``../shared/papers/vhrnn.txt``, §3, eqs. 1-5), built on tfhier's VRNN.
+"""VHRNN: the variational hyper RNN (Deng et al. 2020, §3, eqs. 1-5), built on tfhier's VRNN.
 
 No public implementation of VHRNN exists; this one follows the paper and says
 what it chose where the paper is silent.  VHRNN is a VRNN whose recurrence
@@ -58,7 +58,7 @@ class VHRNN(VRNN):
     """VHRNN (see the module docstring)."""
 
     NAME = "vhrnn"
-    DESCRIPTION = "VHRNN (vhrnn.txt): a VRNN whose recurrence and decoder weights are scaled by hypernetworks"
+    DESCRIPTION = "VHRNN (Deng et al. 2020): a VRNN whose recurrence and decoder weights are scaled by hypernetworks"
     HPARAMS = VRNN.HPARAMS + (
         HParam("hyper_input", "str", "both", "vhrnn: what the hypernetworks see: [z_t, h_{t-1}] (both), z_t "
                "(latent) or h_{t-1} (hidden).", choices=HYPER_INPUTS),

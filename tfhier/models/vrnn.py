@@ -1,6 +1,6 @@
 """VRNN: the variational recurrent neural network (Chung et al. 2015), as VHRNN §2-3 and FIVO use it.
 
-``../shared/papers/vhrnn.txt`` defines it as VHRNN's base (eqs. 1-5 without
+The VHRNN paper (Deng et al. 2020) defines it as VHRNN's base (eqs. 1-5 without
 the hypernetworks); the only TensorFlow home it had is FIVO's archived TF1
 code (``fivo/models/vrnn.py``).  With ``h_t`` the LSTM state after step t::
 

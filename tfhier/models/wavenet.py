@@ -42,8 +42,9 @@ import keras
 import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, PointwiseMLP, WaveNetBlock
-from tfhier.models.base import ModelOutput, SequenceModel, head_hparams, make_model_head, masked_inputs
+from tfhier.models.base import ModelOutput, SequenceModel, head_hparams, make_model_head
 from tfhier.models.hparams import HParam, HParamError
+from tfhier.noise import masked_inputs
 
 CONV_HPARAMS = (
     HParam("channels", "ints", [256] * 5, "Filters of each layer (one entry per layer; sets the number of layers)."),

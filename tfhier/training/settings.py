@@ -1,0 +1,109 @@
+"""The training settings (one per ``train.py`` flag) and what they build: the optimizer and the objective.
+
+Every setting is checked (:meth:`TrainSettings.validate`, :func:`check_settings_for`) before any data is read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+import math
+
+import keras
+
+from tfhier import objectives
+from tfhier.models import MODELS
+from tfhier.models.base import check_mixed_precision
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    """Training settings (one per ``train.py`` flag of the same name)."""
+
+    train_steps: int = 1000
+    batch_size: int = 32
+    seq_len: int = 1024
+    learning_rate: float = 5e-4
+    lr_decay_steps: int = 100_000
+    lr_decay_rate: float = 0.5
+    clip_norm: float = 1.0
+    weight_decay: float = 0.0
+    adam_epsilon: float = 1e-7
+    seed: int = 0
+    objective: str = "elbo"
+    num_particles: int = 4
+    resampling_threshold: float = 0.5
+    kl_regularizer: str = "linear_free_bits"
+    free_bits: float = 0.5
+    free_bits_halving_steps: int = 300_000
+    beta_start: float = 0.0
+    anneal_steps: int = 10_000
+    eval_every: int = 500
+    eval_batches: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    checkpoint_secs: float = 600.0
+    sample_every: int = 1000
+    num_samples: int = 4
+    sample_steps: int = 400
+    jit_compile: Optional[bool] = None  # None: the model's jit_compile_default on one device
+    mixed_precision: bool = False
+    max_nonfinite_steps: int = 10
+    patience: int = 0
+    verbose: str = "auto"
+
+    def validate(self):
+        """Raises ValueError naming the flag for the first unusable setting (before any data is read)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"--{f.name} must be a finite number, got {value}")
+        positive = ["train_steps", "batch_size", "seq_len", "lr_decay_steps", "eval_every", "log_every",
+                    "checkpoint_every", "sample_every", "max_nonfinite_steps", "free_bits_halving_steps",
+                    "anneal_steps"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("learning_rate", "lr_decay_rate", "adam_epsilon"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
+        for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs", "free_bits",
+                     "weight_decay", "patience"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0.0 <= self.beta_start <= 1.0:
+            raise ValueError(f"--beta_start must be in [0, 1] (the initial KL weight), got {self.beta_start}")
+        if not 0 <= self.seed < 2 ** 31:
+            raise ValueError(f"--seed must be an integer in [0, 2^31 - 1], got {self.seed}")
+        if self.objective not in objectives.OBJECTIVES:
+            raise ValueError(f"--objective must be one of {objectives.OBJECTIVES}, got {self.objective!r}")
+        if self.num_particles < 1:
+            raise ValueError(f"--num_particles must be >= 1, got {self.num_particles}")
+        if not 0.0 <= self.resampling_threshold <= 1.0:
+            raise ValueError(f"--resampling_threshold must be in [0, 1], got {self.resampling_threshold}")
+        if self.kl_regularizer not in objectives.KL_REGULARIZERS:
+            raise ValueError(f"--kl_regularizer must be one of {objectives.KL_REGULARIZERS}, got "
+                             f"{self.kl_regularizer!r}")
+
+
+def check_settings_for(model_name, settings: TrainSettings):
+    """Raises ValueError naming the flag if a setting does not apply to the model (before any data is read)."""
+    if settings.mixed_precision and model_name in MODELS:
+        check_mixed_precision(MODELS[model_name])
+
+
+def make_optimizer(s: TrainSettings):
+    """Adam with an exponentially decaying learning rate (MS-STCN §4) and global-norm clipping; with
+    ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
+    if s.weight_decay:
+        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay, epsilon=s.adam_epsilon,
+                                      global_clipnorm=s.clip_norm or None)
+    return keras.optimizers.Adam(learning_rate=schedule, epsilon=s.adam_epsilon, global_clipnorm=s.clip_norm or None)
+
+
+def make_objective(s: TrainSettings):
+    return objectives.make_objective(s.objective, kl_regularizer=s.kl_regularizer, free_bits=s.free_bits,
+                                     free_bits_halving_steps=s.free_bits_halving_steps, beta_start=s.beta_start,
+                                     anneal_steps=s.anneal_steps, num_particles=s.num_particles,
+                                     resampling_threshold=s.resampling_threshold)
