@@ -5,7 +5,7 @@ with public PyTorch peers.
     python bench/recurrent.py --configs=srnn_jsb --objectives=elbo --modes=graph,xla --batch_size=16 --seq_len=200
     python bench/recurrent.py --configs=vhrnn_jsb,vrnn_jsb --objectives=fivo --batch_size=4
     python bench/recurrent.py --configs=srnn_jsb --objectives=elbo --batch_size=16 --seq_len=200 \\
-        --peer_python=$S/torchenv/bin/python --peer_driver=$S/bench/bench_recurrent_peer.py \\
+        --peer_python=$S/torchenv/bin/python --peer_driver=bench/peers/bench_recurrent_peer.py \\
         --peer_dir=$S/benchmarking-lvms --pairs=4
 
 Each config is a flagfile (``configs/<name>.cfg``: the model and its sizes) trained on random 0/1 inputs of its
