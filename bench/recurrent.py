@@ -17,8 +17,8 @@ data's width (88 keys; 1 for the VHRNN synthetic data, Gaussian inputs there), a
 optimizer is built first, as the trainer does.  ``--gen_steps`` > 0 also times one cached generation call.
 
 Every (config, objective, mode) runs in a process of its own, so its ``peak_rss_gb`` is its own.  With
-``--peer_driver`` each run is paired with the peer's (``../shared/anchor_bench/bench_recurrent_peer.py``: the
-public PyTorch SRNN / VRNN whose setup RECURRENT_PEER.md gives), alternating peer and tfhier ``--pairs`` times,
+``--peer_driver`` each run is paired with the peer's (``bench/peers/bench_recurrent_peer.py``: the public
+PyTorch SRNN / VRNN whose setup docs/benchmarks.md gives), alternating peer and tfhier ``--pairs`` times,
 one process at a time, and the JSON gives each pair and the range of the ratio.  Every figure carries the host's
 steal over its process (``host_steal_fraction``, bench/hoststat.py): compare only figures from an idle machine.
 Prints one JSON object.
@@ -59,7 +59,7 @@ flags.DEFINE_integer("steps", 5, "Timed training steps (after 2 warm-up steps)."
 flags.DEFINE_integer("gen_steps", 0, "Steps of one timed cached generation call (0: none).")
 flags.DEFINE_integer("gen_samples", 1, "Sequences per generation call.")
 flags.DEFINE_string("peer_python", None, "Python of the peer's venv (e.g. $S/torchenv/bin/python).")
-flags.DEFINE_string("peer_driver", None, "Path of bench_recurrent_peer.py.")
+flags.DEFINE_string("peer_driver", None, "Path of bench/peers/bench_recurrent_peer.py (run by --peer_python).")
 flags.DEFINE_string("peer_dir", None, "The peer's checkout (benchmarking-lvms for SRNN, DVAE for VRNN).")
 flags.DEFINE_integer("pairs", 4, "With --peer_driver: alternating (peer, tfhier) pairs per run.")
 flags.DEFINE_string("one", None, "(internal) time this one config:objective:mode in this process.")
