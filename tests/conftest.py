@@ -10,3 +10,6 @@ the default for users, is tested where it matters: cached == naive for every reg
 import os
 
 os.environ["TFHIER_XLA_GENERATION"] = "0"
+# Likewise the recurrent models' default XLA-compiled training step (train.py without --[no]jit_compile): graph
+# mode here, except in tests/test_recurrent_split.py's check of the default.
+os.environ["TFHIER_XLA_TRAINING"] = "0"

@@ -328,6 +328,23 @@ class PointwiseMLP(keras.layers.Layer):
             x = self._act(layer.step1(x))
         return x if self.out is None else self.out.step1(x)
 
+    def first_product(self, x, start, stop, bias=False):
+        """``x @ W_1[start:stop] (+ b_1)``: the first layer's product with the part ``x`` of its input (rows
+        ``start:stop`` of its kernel), any leading shape. The first layer of ``[u, v]`` is
+        ``first_product(u, 0, n) + first_product(v, n, n + m, bias=True)``, so a part that does not change inside
+        a loop is multiplied once for all steps (:meth:`from_first`)."""
+        first = self.layers_[0] if self.layers_ else self.out
+        return _matmul_last(x, first.kernel[0][start:stop], first.bias if bias else None)
+
+    def from_first(self, pre):
+        """The MLP's output from its first layer's pre-activation ``pre`` (see :meth:`first_product`)."""
+        if not self.layers_:
+            return pre
+        x = self._act(pre)
+        for layer in self.layers_[1:]:
+            x = self._act(layer(x))
+        return x if self.out is None else self.out(x)
+
     def get_config(self):
         return {**super().get_config(), "hidden": self.hidden, "out_units": self.out_units,
                 "activation": self.activation, "out_initializer": self.out_initializer, "out_dtype": self.out_dtype}

@@ -426,28 +426,50 @@ def particle_filter(propose_and_weight, initial_state, mask, num_particles, resa
     return log_p_hat + tf.reduce_logsumexp(log_w, 0) - log_k, resampled, kl
 
 
-def fivo_bound(model, x, mask, seed, num_particles, resampling_threshold=0.5, training=False):
+def fivo_bound(model, x, mask, seed, num_particles, resampling_threshold=0.5, training=False, stepwise=False):
     """The FIVO bound of each sequence (see :class:`FIVO`): ``(log p_hat [B], resampling steps [B],
-    analytic KL(q || p) summed over time, mean over particles [B])``."""
+    analytic KL(q || p) summed over time, mean over particles [B])``.
+
+    The particles move by the model's latent loop (``latent_step``) on features computed once for the whole
+    sequence, and each step's weight comes from ``readout`` on that step; ``stepwise=True`` runs every step
+    through ``step`` instead (the reference the tests compare with).
+    """
     k = int(num_particles)
     x = masked_inputs(x, mask)
     mask = tf.cast(mask, tf.float32)
     b, t_len = tf.shape(x)[0], tf.shape(x)[1]
     xk, mk = tf.tile(x, [k, 1, 1]), tf.tile(mask, [k, 1])  # particle-major rows k*B + b
-    prepared = model.prepare(xk, mk)
     with tiled_rows(k):
         eps = latent_noise(seed, 0, t_len, k * b, model.latent_dim)
 
-    def propose_and_weight(state, t):
-        x_t = tf.gather(xk, t, axis=1)
-        out = model.step(state, x_t, {n: tf.gather(v, t, axis=1) for n, v in prepared.items()}, tf.gather(eps, t))
+    def weight(x_t, t, prior, posterior, z, eta):
         valid = tf.gather(mk, t, axis=1) > 0
-        log_w = (model.head.distribution(out.eta).log_prob(x_t) + tf.reduce_sum(out.prior.log_prob(out.z), -1)
-                 - tf.reduce_sum(out.posterior.log_prob(out.z), -1))
-        kl = tf.reduce_sum(tfd.kl_divergence(out.posterior, out.prior), -1)
-        return out.state, tf.where(valid, log_w, 0.0), tf.where(valid, kl, 0.0)
+        log_w = (model.head.distribution(eta).log_prob(x_t) + tf.reduce_sum(prior.log_prob(z), -1)
+                 - tf.reduce_sum(posterior.log_prob(z), -1))
+        kl = tf.reduce_sum(tfd.kl_divergence(posterior, prior), -1)
+        return tf.where(valid, log_w, 0.0), tf.where(valid, kl, 0.0)
 
-    return particle_filter(propose_and_weight, model.initial_state(k * b), mask, k, resampling_threshold, seed)
+    if stepwise:
+        prepared = model.prepare(xk, mk)
+
+        def propose_and_weight(state, t):
+            x_t = tf.gather(xk, t, axis=1)
+            out = model.step(state, x_t, {n: tf.gather(v, t, axis=1) for n, v in prepared.items()},
+                             tf.gather(eps, t))
+            return (out.state, *weight(x_t, t, out.prior, out.posterior, out.z, out.eta))
+
+        initial = model.initial_state(k * b)
+    else:
+        features = model.sequence_features(xk, mk)
+
+        def propose_and_weight(carry, t):
+            features_t = {n: tf.gather(v, t, axis=1) for n, v in features.items()}
+            carry, record = model.latent_step(carry, features_t, tf.gather(eps, t))
+            prior, posterior, eta = model.readout(features_t, record)
+            return (carry, *weight(tf.gather(xk, t, axis=1), t, prior, posterior, record["z"], eta))
+
+        initial = model.latent_state(k * b)
+    return particle_filter(propose_and_weight, initial, mask, k, resampling_threshold, seed)
 
 
 OBJECTIVES = ("elbo", "iwae", "fivo")

@@ -44,8 +44,11 @@ flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per step; 0: plain Adam.")
 flags.DEFINE_float("adam_epsilon", 1e-7, "Adam's epsilon (Keras' default; the MS-STCN authors' code uses 1e-8).")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
-flags.DEFINE_boolean("jit_compile", False, "Compile the training and validation steps with XLA (on CPU no "
-                     "faster than graph mode for MS-STCN and uses more memory, bench/train_step.py; try it on GPUs). "
+flags.DEFINE_boolean("jit_compile", None, "Compile the training and validation steps with XLA. Default: what the "
+                     "model declares (jit_compile_default: on for the recurrent models, whose many small per-step "
+                     "operations XLA fuses; off for the convolutional ones, where it is no faster on CPU and uses "
+                     "more memory; bench/recurrent.py and bench/train_step.py measure both), on one device only "
+                     "(--strategy=mirrored|multi_worker train in graph mode unless --jit_compile is given). "
                      "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
 flags.DEFINE_boolean("mixed_precision", False, "Train the convolutional models under Keras' mixed_bfloat16 policy: "
                      "layers compute in bfloat16, distributions, KLs and losses in float32, weights and checkpoints "

@@ -258,6 +258,12 @@ class SequenceModel(keras.Model):
     #: generation steps run as XLA computations (:func:`generation_step`); False: plain graph mode
     #: (the environment variable TFHIER_XLA_GENERATION=0 makes False the default, e.g. for the test suite)
     xla_generation = os.environ.get("TFHIER_XLA_GENERATION", "1") != "0"
+    #: generation steps per XLA computation of the step-wise sampler (one launch from the graph costs
+    #: milliseconds on CPU; the last launch computes up to this many - 1 steps that are dropped)
+    steps_per_launch = 16
+    #: train.py compiles the training and validation steps with XLA unless told otherwise (--[no]jit_compile):
+    #: what was measured faster for the model (bench/recurrent.py, bench/train_step.py)
+    jit_compile_default = False
     #: the model trains under a mixed-precision policy (``train.py --mixed_precision``: its layers compute in
     #: bfloat16, what parameterises a distribution in float32); False: the model refuses it, with a reason
     mixed_precision = True
@@ -414,6 +420,9 @@ class SequenceModel(keras.Model):
 
         The prefix (if any) is fed through the same steps, teacher-forced, so
         the state after it is the one a forward pass over it would reach.
+        With ``xla_generation`` each XLA computation runs ``steps_per_launch``
+        consecutive steps (an inner loop); the steps of the last launch past
+        the end are computed and dropped.
         """
         seed = tf.cast(seed, tf.int32)
         temperature = tf.cast(temperature, tf.float32)
@@ -430,38 +439,65 @@ class SequenceModel(keras.Model):
             b = tf.cast(num_samples, tf.int32)
             lengths = tf.zeros([b], tf.int32)
             stop = total = num_steps
+        calls = int(self.steps_per_launch) if self.xla_generation else 1
+        n_launch = (stop + calls - 1) // calls
+        n_alloc = (total + calls - 1) // calls * calls
         latent_seed = generation_latent_seed(seed)
-        eps = [latent_noise(latent_seed, l, total, b, z) for l, z in enumerate(self.latent_dims)]
-        out = tf.TensorArray(tf.float32, size=total, element_shape=tf.TensorShape([None, self.input_dim]))
-        prepared = self.generation_prepare(prefix, lengths) if primed else {}
-
-        def step(t, state, eps_t, seed, temperature, x_t, is_observed, prepared_t):
-            with blocks.step_weights():
-                observed = None if x_t is None else (x_t, is_observed)
-                eta, carry = self.generation_emit(state, eps_t, temperature, observed, prepared_t)
-                y = self.sample_step(eta, output_step_seed(seed, t), temperature)
-                if x_t is not None:
-                    y = tf.where(is_observed[:, None], x_t, y)
-                return self.generation_observe(state, carry, y), y
-
-        step = generation_step(self, step)
-
-        def body(t, state, out):
-            eps_t = [tf.gather(e, t) for e in eps]
-            x_t = is_observed = None
-            prepared_t = {}
-            if primed:
-                x_t = tf.gather(prefix, tf.minimum(t, t0 - 1), axis=1)
-                is_observed = t < lengths
-                prepared_t = {n: tf.gather(v, tf.minimum(t, t0 - 1), axis=1) for n, v in prepared.items()}
-            state, y = step(t, state, eps_t, seed, temperature, x_t, is_observed, prepared_t)
-            return t + 1, state, out.write(t, y)
-
-        _, _, out = tf.while_loop(lambda t, *_: t < stop, body, (tf.constant(0), self.generation_state(b), out))
+        # time-major [n_alloc, B, Z]: drawing more steps does not change the earlier ones
+        eps = [latent_noise(latent_seed, l, n_alloc, b, z) for l, z in enumerate(self.latent_dims)]
+        prepared = {}
         if primed:
-            steps = tf.transpose(out.gather(tf.range(stop)), [1, 0, 2])
+            prepared = self.generation_prepare(prefix, lengths)
+            # padded to whole launches so that every launch's slice has a static length (steps past a row's
+            # prefix are never read as observed: is_observed below)
+            prefix = tf.pad(prefix, [[0, 0], [0, n_alloc - t0], [0, 0]])
+            prepared = {n: tf.pad(v, [[0, 0], [0, n_alloc - tf.shape(v)[1]]] + [[0, 0]] * (v.shape.rank - 2))
+                        for n, v in prepared.items()}
+
+        def launch(i, state, eps_blk, seed, temperature, prefix_blk, lengths, prepared_blk):
+            """Steps ``i * calls ... (i + 1) * calls - 1``: one XLA computation (:func:`generation_step`)."""
+
+            def one(j, state, ys):
+                t = i * calls + j
+                with blocks.step_weights():
+                    eps_t = [tf.gather(e, j) for e in eps_blk]
+                    observed = None
+                    prepared_t = {}
+                    if primed:
+                        observed = (tf.gather(prefix_blk, j, axis=1), t < lengths)
+                        prepared_t = {n: tf.gather(v, j, axis=1) for n, v in prepared_blk.items()}
+                    eta, carry = self.generation_emit(state, eps_t, temperature, observed, prepared_t)
+                    y = self.sample_step(eta, output_step_seed(seed, t), temperature)
+                    if primed:
+                        y = tf.where(observed[1][:, None], observed[0], y)
+                    return j + 1, self.generation_observe(state, carry, y), ys.write(j, y)
+
+            ys = tf.TensorArray(tf.float32, size=calls, element_shape=tf.TensorShape([None, self.input_dim]))
+            if calls == 1:
+                _, state, ys = one(tf.constant(0), state, ys)
+            else:
+                _, state, ys = tf.while_loop(lambda j, *_: j < calls, one, (tf.constant(0), state, ys))
+            return state, ys.stack()  # [calls, B, D]
+
+        launch = generation_step(self, launch)
+
+        def body(i, state, out):
+            start = i * calls
+            eps_blk = [e[start:start + calls] for e in eps]
+            prefix_blk = prepared_blk = None
+            if primed:
+                prefix_blk = prefix[:, start:start + calls]
+                prepared_blk = {n: v[:, start:start + calls] for n, v in prepared.items()}
+            state, ys = launch(i, state, eps_blk, seed, temperature, prefix_blk, lengths, prepared_blk)
+            return i + 1, state, out.write(i, ys)
+
+        out = tf.TensorArray(tf.float32, size=n_launch,
+                             element_shape=tf.TensorShape([calls, None, self.input_dim]))
+        _, _, out = tf.while_loop(lambda i, *_: i < n_launch, body, (tf.constant(0), self.generation_state(b), out))
+        steps = tf.transpose(out.concat()[:stop], [1, 0, 2])  # [B, stop, D]
+        if primed:
             return gather_continuations(steps, lengths, num_steps)
-        return tf.transpose(out.stack(), [1, 0, 2])
+        return steps
 
     def generate_naive(self, num_samples, num_steps, seed, temperature=1.0):
         """Reference sampler: re-runs ``forward`` over the whole buffer at every step.

@@ -29,8 +29,33 @@ From those this class writes, once for every recurrent model:
   cached and naive generation share;
 * cached generation (the step-wise interface of the base class): the
   recurrence itself, O(1) per step;
-* what FIVO needs (:class:`tfhier.objectives.FIVO`): ``prepare`` and ``step``
-  on tiled particles, with states that can be resampled.
+* what FIVO needs (:class:`tfhier.objectives.FIVO`): the time-parallel
+  split below on tiled particles, with loop states that can be resampled.
+
+**Only what recurs runs in the loop.**  Scoring and training (latents from the
+posterior) and FIVO do not call ``step``: they use a second view of the same
+model that splits each step by what depends on the latent chain (the
+defaults below give every model this view from its step methods, so the
+split is a property of the interface, and a model overrides the four methods
+to make it fast):
+
+* ``sequence_features(x, mask)``: everything computable from ``x`` alone, for
+  the whole sequence at once (``[B, T, ...]``: feature extractors, input
+  products of the cells' gates, deterministic recurrences such as SRNN's
+  ``d_{1:T}``, a smoothing posterior's backward pass);
+* ``latent_state(batch)`` and ``latent_step(carry, features_t, eps_t)``: the
+  loop, which carries only what recurs and returns a record of the step
+  (``[B, n]`` tensors of the sizes ``record_sizes()`` declares: the
+  posterior's parameters, ``z_t``, and whatever the readout needs);
+* ``readout(features, records)``: the prior, the posterior and the head's
+  parameters from the features and the stacked records, after the loop, on
+  ``B * T`` rows at once.  It must be pointwise in time (step t reads step t's
+  features and record only), so that FIVO, which needs each step's weight
+  inside its loop, calls it on one step.
+
+The step-by-step path (``step`` in a ``tf.while_loop``: :meth:`RecurrentModel.forward_stepwise`)
+stays: it samples from the prior and primes continuations, it is what cached
+generation runs, and it is the reference the tests compare the split with.
 
 Noise: ``z_t = loc + scale * eps_t`` (posterior) or ``loc + temperature *
 scale * eps_t`` (prior), ``eps`` drawn by :func:`tfhier.noise.latent_noise`
@@ -78,6 +103,8 @@ class RecurrentModel(SequenceModel):
 
     mixed_precision = False
     mixed_precision_problem = RECURRENT_MIXED_PRECISION
+    #: XLA fuses the loop's many small per-step operations (bench/recurrent.py: docs/benchmarks.md)
+    jit_compile_default = True
 
     stepwise_generation = True
     #: the model's posterior at t depends on x_{<=t} only (FIVO needs a filtering proposal... or at least a
@@ -141,9 +168,78 @@ class RecurrentModel(SequenceModel):
         eta = self.emission_params(state, z, prepared_t)
         return StepOutput(self.transition(state, z, x_t, prepared_t), prior, posterior, z, eta)
 
+    # -- the time-parallel split (see the module docstring); defaults from the step methods ---------------
+    def sequence_features(self, x, mask) -> dict:
+        """What the loop and the readout read that depends on ``x`` alone, ``{name: [B, T, ...]}`` (default: the
+        inputs and :meth:`prepare`'s features)."""
+        return {"x": x, **self.prepare(x, mask)}
+
+    def latent_state(self, batch) -> dict:
+        """The latent loop's carry before the first step (default: the step interface's state)."""
+        return self.initial_state(batch)
+
+    def record_sizes(self) -> dict:
+        """``{name: n}``: the ``[B, n]`` tensors :meth:`latent_step` records at each step."""
+        z = self.latent_dim
+        return {"p_loc": z, "p_scale": z, "q_loc": z, "q_scale": z, "z": z, "eta": self.head.param_size}
+
+    def latent_step(self, carry, features_t, eps_t):
+        """One step of the latent loop, z from the posterior: ``(carry, record)`` (default: the whole step)."""
+        prepared_t = {k: v for k, v in features_t.items() if k != "x"}
+        out = self.step(carry, features_t["x"], prepared_t, eps_t)
+        return out.state, {"p_loc": out.prior.loc, "p_scale": out.prior.scale, "q_loc": out.posterior.loc,
+                           "q_scale": out.posterior.scale, "z": out.z, "eta": out.eta}
+
+    def readout(self, features, records):
+        """``(prior, posterior, eta)`` from features and records of any leading shape (``[B, T]`` after the
+        loop, ``[B]`` for one step); pointwise in time."""
+        return (tfd.Normal(records["p_loc"], records["p_scale"]), tfd.Normal(records["q_loc"], records["q_scale"]),
+                records["eta"])
+
+    def scan_latents(self, features, eps, batch, num_steps):
+        """The latent loop over all steps: the records stacked, ``{name: [B, T, n]}``."""
+        sizes = self.record_sizes()
+        arrays = {k: tf.TensorArray(tf.float32, size=num_steps, element_shape=tf.TensorShape([None, n]))
+                  for k, n in sizes.items()}
+
+        def body(t, carry, arrays):
+            carry, record = self.latent_step(carry, _time_slice(features, t), tf.gather(eps, t))
+            return t + 1, carry, {k: a.write(t, record[k]) for k, a in arrays.items()}
+
+        # (maximum_iterations: XLA differentiates a loop only with a bound on its length.)
+        _, _, arrays = tf.while_loop(lambda t, *_: t < num_steps, body,
+                                     (tf.constant(0), self.latent_state(batch), arrays), maximum_iterations=num_steps)
+        return {k: tf.transpose(a.stack(), [1, 0, 2]) for k, a in arrays.items()}
+
+    def build_for_data(self):
+        """Creates all weights by one step-by-step pass (the path that has always created them, so variable
+        paths, hence checkpoints, do not depend on the split), then traces the split once."""
+        x = tf.zeros([1, self.time_multiple, self.input_dim])
+        self.forward_stepwise(x, tf.ones([1, self.time_multiple]), seed=tf.constant([0, 0]))
+        self.built = True
+        self.forward(x, tf.ones([1, self.time_multiple]), seed=tf.constant([0, 0]))
+        return self
+
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
                 observed_lengths=None) -> ModelOutput:
-        """One pass over ``x`` (see :class:`tfhier.models.base.SequenceModel` and the module docstring)."""
+        """One pass over ``x`` (see :class:`tfhier.models.base.SequenceModel` and the module docstring): with
+        latents from the posterior, the time-parallel split; otherwise :meth:`forward_stepwise`."""
+        if latents != "posterior" or observed_lengths is not None:
+            return self.forward_stepwise(x, mask, seed=seed, latents=latents, temperature=temperature,
+                                         training=training, observed_lengths=observed_lengths)
+        x = masked_inputs(x, mask)
+        mask = tf.cast(mask, tf.float32)
+        b, t_len = tf.shape(x)[0], tf.shape(x)[1]
+        features = self.sequence_features(x, mask)
+        records = self.scan_latents(features, latent_noise(seed, 0, t_len, b, self.latent_dim), b, t_len)
+        prior, posterior, eta = self.readout(features, records)
+        return ModelOutput(likelihood=self.head.distribution(eta), likelihood_params=eta, posteriors=[posterior],
+                           priors=[prior], latents=[records["z"]], latent_masks=[mask],
+                           kl_elements=self.analytic_kl(posterior.loc, posterior.scale, mask))
+
+    def forward_stepwise(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
+                         observed_lengths=None) -> ModelOutput:
+        """One pass, every step through :meth:`step` (the reference of the split; priming and prior latents)."""
         if latents not in ("posterior", "prior"):
             raise ValueError(f"latents must be 'posterior' or 'prior', got {latents!r}")
         if observed_lengths is not None and latents != "prior":

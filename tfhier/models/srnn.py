@@ -32,6 +32,14 @@ Choices (appendix A gives the sizes; where it is silent):
   ``--kl_regularizer=anneal --beta_start=0.2 --anneal_steps=N``
   (``configs/srnn_jsb.cfg``).
 
+The time-parallel split (scoring, training, FIVO): ``d_{1:T}`` depends on
+``x`` alone, so the forward GRU, ``phi_x``, the backward GRU (or the filtering
+network ``NN_a``) run over the whole sequence before the loop, each GRU with
+its input products computed for all steps at once; the loop carries only
+``z_{t-1}`` and draws ``z_t`` from q (eq. 7, and with Res_q the prior mean of
+eq. 12); the prior (eq. 3, without Res_q), the emission network and the head
+run after it on all steps at once.
+
 Priming a continuation from a smoothing posterior uses only the observed
 prefix: the backward GRU runs over the prefix's steps (every step after it is
 masked), so ``q(z_t | ...)`` for a prefix step sees ``x_{t:len}``, never the
@@ -43,12 +51,16 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
+from tfhier.models import cells
 from tfhier.models.base import head_hparams, latent_normal, make_model_head
 from tfhier.models.hparams import HParam, HParamError
 from tfhier.models.recurrent import RecurrentModel
 from tfhier.models.vrnn import reverse_rnn, reverse_rnn_layer
+
+tfd = tfp.distributions
 
 ACTIVATIONS = ("clipped_leaky_relu", "relu", "tanh")
 
@@ -128,7 +140,10 @@ class SRNN(RecurrentModel):
             a = prepared_t["a"]
         else:
             a = self.filter_net(tf.concat([state["d"], self.phi_x(x_t)], -1))
-        q = latent_normal(self.posterior_net(tf.concat([state["z"], a], -1)))
+        return self._posterior_from(state["z"], a, prior)
+
+    def _posterior_from(self, z_previous, a, prior):
+        q = latent_normal(self.posterior_net(tf.concat([z_previous, a], -1)))
         if self.res_q:  # eq. 12
             q = type(q)(prior.loc + q.loc, q.scale)
         return q
@@ -138,6 +153,49 @@ class SRNN(RecurrentModel):
 
     def transition(self, state, z, x_t, prepared_t):
         return {"d": self._d_step(state["d"], x_t), "z": z}
+
+    # -- the time-parallel split -----------------------------------------------------------
+    def sequence_features(self, x, mask):
+        phi = self.phi_x(x)
+        phi_previous = tf.concat([self.phi_x(tf.zeros_like(x[:, :1])), phi[:, :-1]], 1)  # phi_x(x_{t-1}), x_0 = 0
+        d = cells.scan(self.gru, phi_previous)  # eq. 1, d_0 = 0
+        features = tf.concat([d, phi], -1)
+        a = (cells.scan(self.backward_a.cell, features, mask, reverse=True) if self.smoothing else
+             self.filter_net(features))
+        z, u = self.z_dim, self.units
+        # the first layers' products with d_t and a_t (their inputs are [z_{t-1}, d_t] and [z_{t-1}, a_t])
+        out = {"d": d, "q_first": self.posterior_net.first_product(a, z, z + u, bias=True)}
+        if self.res_q:
+            out["p_first"] = self.prior_net.first_product(d, z, z + u, bias=True)
+        return out
+
+    def latent_state(self, batch):
+        return {"z": tf.zeros(tf.stack([batch, self.z_dim]))}
+
+    def record_sizes(self):
+        z = self.z_dim
+        sizes = {"z_prev": z, "q_loc": z, "q_scale": z, "z": z}
+        return {**sizes, "p_loc": z, "p_scale": z} if self.res_q else sizes
+
+    def latent_step(self, carry, features_t, eps_t):
+        z_prev, n = carry["z"], self.z_dim
+        record = {"z_prev": z_prev}
+        q = latent_normal(self.posterior_net.from_first(
+            self.posterior_net.first_product(z_prev, 0, n) + features_t["q_first"]))
+        if self.res_q:  # eq. 12
+            prior = latent_normal(self.prior_net.from_first(
+                self.prior_net.first_product(z_prev, 0, n) + features_t["p_first"]))
+            record.update(p_loc=prior.loc, p_scale=prior.scale)
+            q = type(q)(prior.loc + q.loc, q.scale)
+        z = q.loc + q.scale * eps_t
+        record.update(q_loc=q.loc, q_scale=q.scale, z=z)
+        return {"z": z}, record
+
+    def readout(self, features, records):
+        state = {"z": records["z_prev"], "d": features["d"]}
+        prior = tfd.Normal(records["p_loc"], records["p_scale"]) if self.res_q else self.prior(state, {})
+        return (prior, tfd.Normal(records["q_loc"], records["q_scale"]),
+                self.emission_params(state, records["z"], {}))
 
 
 __all__ = ["ACTIVATIONS", "SRNN"]

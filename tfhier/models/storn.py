@@ -57,6 +57,7 @@ import tensorflow as tf
 import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
+from tfhier.models import cells
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, graph_call, head_hparams,
                                 latent_normal, make_model_head)
 from tfhier.models.hparams import HParam, HParamError
@@ -160,6 +161,33 @@ class VOSP(RecurrentModel):
 
     def analytic_kl(self, q_loc, q_scale, mask):
         return [wiener_kl(q_loc, q_scale, mask)] if self.wiener else None
+
+    # -- the time-parallel split: the recognition RNN reads x alone, so only z_t = loc + scale * eps remains ----
+    def sequence_features(self, x, mask):
+        h = cells.scan(self.rnn, x)  # h_{1:T}: the recognition state after x_t
+        q = latent_normal(self.posterior_net(h))
+        h_previous = tf.pad(h[:, :-1], [[0, 0], [1, 0], [0, 0]])  # h_{t-1}, h_0 = 0
+        return {"h_prev": h_previous, "q_loc": q.loc, "q_scale": q.scale}
+
+    def latent_state(self, batch):
+        return {"z": tf.zeros(tf.stack([batch, self.z_dim]))}
+
+    def record_sizes(self):
+        return {"z_prev": self.z_dim, "z": self.z_dim}
+
+    def latent_step(self, carry, features_t, eps_t):
+        z = features_t["q_loc"] + features_t["q_scale"] * eps_t
+        return {"z": z}, {"z_prev": carry["z"], "z": z}
+
+    def scan_latents(self, features, eps, batch, num_steps):
+        """No loop: every ``z_t`` is drawn from features computed beforehand."""
+        z = features["q_loc"] + features["q_scale"] * tf.transpose(eps, [1, 0, 2])
+        return {"z_prev": tf.pad(z[:, :-1], [[0, 0], [1, 0], [0, 0]]), "z": z}
+
+    def readout(self, features, records):
+        prior = self.prior({"z": records["z_prev"]}, {})
+        posterior = tfd.Normal(features["q_loc"], features["q_scale"])
+        return prior, posterior, self.emission_params({"h": features["h_prev"]}, records["z"], {})
 
 
 @keras.saving.register_keras_serializable(package="tfhier")

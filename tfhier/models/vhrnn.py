@@ -46,6 +46,7 @@ import keras
 import tensorflow as tf
 
 from tfhier.blocks import PointwiseMLP
+from tfhier.models import cells
 from tfhier.models.hparams import HParam, HParamError
 from tfhier.models.vrnn import VRNN, cell_state, make_cell, run_cell
 
@@ -107,7 +108,7 @@ class VHRNN(VRNN):
         offset = 0
         for i, conv in enumerate(convs):
             n = conv.filters
-            s, c = scales[:, offset:offset + n], shifts[:, offset:offset + n]
+            s, c = scales[..., offset:offset + n], shifts[..., offset:offset + n]
             a = s * tf.matmul(a, conv.kernel[0]) + conv.bias + c
             if i < len(convs) - 1:
                 a = self.emission_net._act(a)
@@ -116,20 +117,29 @@ class VHRNN(VRNN):
 
     # -- the modulated recurrence (theta) ----------------------------------------------------
     def transition(self, state, z, x_t, prepared_t):
+        return self._recur(state, z, self._x_product(self.phi_x(x_t)))
+
+    def _x_product(self, phi):
+        """``phi_x(x_t) W_x``: the input product's first half (the cell's input is ``y_t = [phi_x, phi_z]``),
+        without the bias, which the modulation adds after scaling the product by ``d_i``."""
+        return cells.input_projection(self.rnn, phi, kernel_rows=(0, self.hparams["feature_units"]), bias=False)
+
+    def _recur(self, state, z, x_product_t):
         theta_state = {k[len("theta_"):]: v for k, v in state.items() if k.startswith("theta_")}
         theta_state = run_cell(self.cell_kind, self.theta_cell, self._hyper_in(z, state["h"]), theta_state)
         d_i, d_h, b_theta = tf.split(self.theta_out(theta_state["h"]), 3, axis=-1)
         d_i, d_h = 1.0 + d_i, 1.0 + d_h
-        y = tf.concat([self.phi_x(x_t), self.phi_z(z)], -1)
+        f = self.hparams["feature_units"]
+        y_w = x_product_t + tf.matmul(self.phi_z(z), self.rnn.kernel[f:])  # y_t W for y_t = [phi_x, phi_z]
         cell, h = self.rnn, state["h"]
         if self.cell_kind == "lstm":
-            pre = d_i * tf.matmul(y, cell.kernel) + d_h * tf.matmul(h, cell.recurrent_kernel) + cell.bias + b_theta
+            pre = d_i * y_w + d_h * tf.matmul(h, cell.recurrent_kernel) + cell.bias + b_theta
             i, f, g, o = tf.split(pre, 4, axis=-1)
             c = tf.sigmoid(f) * state["c"] + tf.sigmoid(i) * tf.tanh(g)
             new = {"h": tf.sigmoid(o) * tf.tanh(c), "c": c}
         else:  # Keras' GRU with reset_after: the candidate's recurrent product is reset after the bias
             bias_x, bias_h = tf.unstack(cell.bias) if cell.reset_after else (cell.bias, tf.zeros_like(cell.bias))
-            px = d_i * tf.matmul(y, cell.kernel) + bias_x + b_theta
+            px = d_i * y_w + bias_x + b_theta
             ph = d_h * tf.matmul(h, cell.recurrent_kernel) + bias_h
             xz, xr, xh = tf.split(px, 3, axis=-1)
             hz, hr, hh = tf.split(ph, 3, axis=-1)

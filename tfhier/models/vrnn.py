@@ -29,18 +29,29 @@ Choices (each a hyperparameter; the VHRNN paper's synthetic VRNN is
 * ``cell='lstm'`` (the papers) or ``'gru'`` (VHRNN appendix D's variant).
 
 The step interface and everything built on it (forward, cached generation,
-FIVO) come from :class:`tfhier.models.recurrent.RecurrentModel`.
+FIVO) come from :class:`tfhier.models.recurrent.RecurrentModel`.  The
+time-parallel split (scoring, training, FIVO): ``phi_x(x_{1:T})``, the
+smoothing proposal's reverse LSTM and the LSTM's input product of ``phi_x``
+run over the whole sequence before the loop; the loop draws ``z_t`` and steps
+the LSTM (its ``phi_z`` and recurrent products); the prior, which reads only
+``h_{t-1}`` (eq. 3), and the emission and head run after it on all steps at
+once.  With ``res_q`` the prior's mean is needed inside the loop and runs
+there.
 """
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
+import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
+from tfhier.models import cells
 from tfhier.models.base import head_hparams, latent_normal, make_model_head
 from tfhier.models.hparams import HParam, HParamError
 from tfhier.models.recurrent import RecurrentModel
+
+tfd = tfp.distributions
 
 CELLS = ("lstm", "gru")
 
@@ -138,10 +149,7 @@ class VRNN(RecurrentModel):
 
     def posterior(self, state, prior, x_t, prepared_t):
         evidence = prepared_t["a"] if self.smoothing else self.phi_x(x_t)
-        q = latent_normal(self.posterior_net(tf.concat([evidence, state["h"]], -1)))
-        if self.res_q:
-            q = type(q)(prior.loc + q.loc, q.scale)
-        return q
+        return self._posterior_from(evidence, state["h"], prior)
 
     def emission(self, state, z, prepared_t):
         return self.emission_net(tf.concat([self.phi_z(z), state["h"]], -1))
@@ -149,6 +157,54 @@ class VRNN(RecurrentModel):
     def transition(self, state, z, x_t, prepared_t):
         inputs = tf.concat([self.phi_x(x_t), self.phi_z(z)], -1)
         return run_cell(self.cell_kind, self.rnn, inputs, state)
+
+    # -- the time-parallel split -----------------------------------------------------------
+    def sequence_features(self, x, mask):
+        phi = self.phi_x(x)
+        evidence = cells.scan(self.reverse.cell, phi, mask, reverse=True) if self.smoothing else phi
+        # the posterior's first layer (its input is [evidence_t, h_{t-1}]): the evidence's product, for all steps
+        return {"q_first": self.posterior_net.first_product(evidence, 0, evidence.shape[-1], bias=True),
+                "x_product": self._x_product(phi)}
+
+    def _x_product(self, phi):
+        """The recurrence's input product of ``phi_x(x_t)`` (the first half of the cell's input), with its bias."""
+        return cells.input_projection(self.rnn, phi, kernel_rows=(0, self.hparams["feature_units"]))
+
+    def _recur(self, carry, z, x_product_t):
+        """The recurrence (eq. 1) from the step's input product of ``phi_x(x_t)``."""
+        f = self.hparams["feature_units"]
+        z_product = cells.input_projection(self.rnn, self.phi_z(z), kernel_rows=(f, 2 * f))
+        return cells.recur(self.rnn, x_product_t + z_product, carry)
+
+    def record_sizes(self):
+        z = self.z_dim
+        sizes = {"h_prev": self.units, "q_loc": z, "q_scale": z, "z": z}
+        return {**sizes, "p_loc": z, "p_scale": z} if self.res_q else sizes
+
+    def latent_step(self, carry, features_t, eps_t):
+        h = carry["h"]
+        record = {"h_prev": h}
+        prior = None
+        if self.res_q:
+            prior = self.prior(carry, {})
+            record.update(p_loc=prior.loc, p_scale=prior.scale)
+        e = self.units if self.smoothing else self.hparams["feature_units"]
+        q = latent_normal(self.posterior_net.from_first(
+            features_t["q_first"] + self.posterior_net.first_product(h, e, e + self.units)))
+        if self.res_q:
+            q = tfd.Normal(prior.loc + q.loc, q.scale)
+        z = q.loc + q.scale * eps_t
+        record.update(q_loc=q.loc, q_scale=q.scale, z=z)
+        return self._recur(carry, z, features_t["x_product"]), record
+
+    def _posterior_from(self, evidence, h, prior):
+        q = latent_normal(self.posterior_net(tf.concat([evidence, h], -1)))
+        return tfd.Normal(prior.loc + q.loc, q.scale) if self.res_q else q
+
+    def readout(self, features, records):
+        h = {"h": records["h_prev"]}
+        prior = tfd.Normal(records["p_loc"], records["p_scale"]) if self.res_q else self.prior(h, {})
+        return prior, tfd.Normal(records["q_loc"], records["q_scale"]), self.emission_params(h, records["z"], {})
 
 
 __all__ = ["CELLS", "VRNN", "cell_state", "make_cell", "reverse_rnn", "reverse_rnn_layer", "run_cell"]

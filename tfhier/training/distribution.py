@@ -87,6 +87,17 @@ def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.di
     return tf.distribute.MirroredStrategy(devices)
 
 
+def resolve_jit_compile(requested, model, strategy) -> bool:
+    """Whether the training and validation steps are XLA-compiled: ``requested`` (``--[no]jit_compile``) if given,
+    else the model's ``jit_compile_default`` on one device (Keras' XLA-compiled step does not run under a
+    strategy with several replicas: its variables live on one device)."""
+    if requested is not None:
+        return bool(requested)
+    if os.environ.get("TFHIER_XLA_TRAINING", "1") == "0":  # e.g. the test suite: no compilation per tiny model
+        return False
+    return bool(model.jit_compile_default) and strategy.num_replicas_in_sync == 1 and not is_multi_worker(strategy)
+
+
 def is_multi_worker(strategy) -> bool:
     return strategy is not None and multi_worker(strategy)
 

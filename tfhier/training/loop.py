@@ -21,7 +21,7 @@ from tfhier.rundir import RunDirError, RunLock, writable_problem
 from tfhier.training.checkpoints import Checkpointer
 from tfhier.training.config import check_run_dir, run_config, write_flags, write_hparams
 from tfhier.training.distribution import (check_batch_for, distribute, fill_batch, is_chief, is_multi_worker,
-                                          same_on_all_workers)
+                                          resolve_jit_compile, same_on_all_workers)
 from tfhier.training.monitor import TrainingMonitor
 from tfhier.training.settings import TrainSettings, check_settings_for, make_objective, make_optimizer
 from tfhier.training.signals import Preempted, SignalStop
@@ -104,9 +104,11 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         model = build_model(model_name, data.feature_dim, config["model_config"]).build_for_data()
         optimizer = make_optimizer(settings)
         objective = make_objective(settings)
-        model.compile(optimizer=optimizer, objective=objective, jit_compile=settings.jit_compile)
+        jit_compile = resolve_jit_compile(settings.jit_compile, model, strategy)
+        model.compile(optimizer=optimizer, objective=objective, jit_compile=jit_compile)
         optimizer.build(model.trainable_variables)
-    print(f"{model_name}: {model.count_params():,} parameters", flush=True)
+    print(f"{model_name}: {model.count_params():,} parameters" + (", XLA-compiled steps" if jit_compile else ""),
+          flush=True)
 
     checkpointer = Checkpointer(run_dir, model, optimizer, objective)
     restored, notes = checkpointer.restore_latest() if resuming else (None, [])
@@ -137,7 +139,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
 
     pad = model.time_multiple
     valid_ds = make_dataset(data.valid, settings.batch_size, training=False, pad_to_multiple=pad,
-                            static_shapes=settings.jit_compile)
+                            static_shapes=jit_compile)
     # The last batch filled up (on any number of replicas, so that each sequence's noise, keyed by its row of a
     # full batch, is the same on 1 or N devices).
     valid_ds = valid_ds.map(lambda x, mask: fill_batch(x, mask, settings.batch_size))
@@ -161,7 +163,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
         boundary = min((step // settings.eval_every + 1) * settings.eval_every, settings.train_steps)
         train_ds = make_dataset(data.train, settings.batch_size, training=True, seq_len=settings.seq_len,
                                 augment=data.train_augment, pad_to_multiple=pad, seed=settings.seed + step,
-                                static_shapes=settings.jit_compile)
+                                static_shapes=jit_compile)
         result = model.fit(distribute(strategy, train_ds, settings.batch_size), epochs=1,
                            steps_per_epoch=boundary - step, validation_data=valid_ds,
                            validation_steps=valid_steps, callbacks=[monitor], verbose=0,

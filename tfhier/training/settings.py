@@ -6,6 +6,7 @@ Every setting is checked (:meth:`TrainSettings.validate`, :func:`check_settings_
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 import math
 
 import keras
@@ -45,7 +46,7 @@ class TrainSettings:
     sample_every: int = 1000
     num_samples: int = 4
     sample_steps: int = 400
-    jit_compile: bool = False
+    jit_compile: Optional[bool] = None  # None: the model's jit_compile_default on one device
     mixed_precision: bool = False
     max_nonfinite_steps: int = 10
     patience: int = 0
