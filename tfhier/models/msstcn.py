@@ -236,14 +236,20 @@ class MSSTCN(SequenceModel):
             y = tf.pad(y, [[0, 0], [0, length - tf.shape(y)[1]], [0, 0]])
         return self.head.normalize(y)
 
-    def bottom_up_features(self, y):
-        """Eq. (8) on ``y`` [B, T, D] (:meth:`network_input`; T a multiple of ``time_multiple``):
-        ``[d^(1), ..., d^(L)]``, ``d^(l)`` of shape [B, T / S^(l), C_l]."""
+    def bottom_up_features(self, y, lengths=None):
+        """Eq. (8) on ``y`` [B, T, D] (:meth:`network_input`; T a multiple of ``time_multiple`` unless
+        ``resample_padding='block'``): ``[d^(1), ..., d^(L)]``, ``d^(l)`` of shape [B, T / S^(l), C_l].
+
+        With ``resample_padding='block'`` and ``lengths`` [B], the input of layer l+1 is ``d^(l)`` zeroed after
+        each row's ``ceil(length / S^(l))`` steps (the authors' ``AutoregressiveLadderLayer.forward``)."""
         d = []
         a = y if self.input_proj is None else self.input_proj(y)
-        for block in self.bottom_up:
+        for l, block in enumerate(self.bottom_up):
             a = block(a)
             d.append(a)
+            if self.resample_padding == "block" and lengths is not None:
+                valid = tf.cast(tf.math.ceil(tf.cast(lengths, tf.float32) / self.factors[l]), tf.int32)
+                a = a * tf.sequence_mask(valid, tf.shape(a)[1], dtype=a.dtype)[..., None]
         return d
 
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
@@ -281,7 +287,7 @@ class MSSTCN(SequenceModel):
             keep = replica_rows(lambda rows: tf.nn.experimental.stateless_dropout(
                 tf.ones(tf.concat([[rows], rest], 0)), self.input_dropout, seed=drop_seed), tf.shape(y)[0])
             y_in = y * keep
-        d = self.bottom_up_features(y_in)
+        d = self.bottom_up_features(y_in, lengths)
 
         # Top-down, eqs. (9)-(13).
         n = len(d)
@@ -444,7 +450,7 @@ class MSSTCNGenerator:
             network_prefix = model.network_input(prefix, tf.sequence_mask(lengths, t0), t0_pad)
             # float32 as the step methods' values are (bfloat16 from a model built under mixed precision)
             ctx.d_obs = [tf.cast(d, tf.float32) for d in
-                         model.bottom_up_features(network_prefix)]
+                         model.bottom_up_features(network_prefix, lengths)]
             ctx.lengths = lengths
         else:
             if not isinstance(batch, int):

@@ -205,7 +205,7 @@ def run_tfhier(model, x, mask, seed, freebits=0.5):
     t = x.shape[1]
     y = model.network_input(x, mask, t if model.resample_padding == "block" else
                             -(-t // model.time_multiple) * model.time_multiple)
-    d = [v.numpy() for v in model.bottom_up_features(y)]
+    d = [v.numpy() for v in model.bottom_up_features(y, mask.sum(-1))]
     out = model.forward(x, mask, seed=seed)
     terms = objectives.elbo_terms(out, x, mask)
     objective = objectives.ELBO(kl_regularizer="linear_free_bits", free_bits=freebits)
@@ -318,6 +318,7 @@ def check(checkout, config="iamondb", batch=3, length=None, train_steps=3, seed=
     order = am.channel_order(options, ours_model.input_dim)
     lengths = np.full((batch,), length, np.int64) if lengths is None else np.asarray(lengths, np.int64)
     mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.float32)
+    x_theirs = x_theirs * mask[:, None, :]  # their data loader pads with zeros
     x_ours = np.ascontiguousarray(np.transpose(x_theirs, (0, 2, 1))[..., order])
     seed_t = tf.constant(list(seed), tf.int32)
     ours = run_tfhier(ours_model, x_ours, mask, seed_t)
