@@ -41,7 +41,11 @@ Choices where the paper is silent or differs from the authors' public code
   network, the latent path removed: ``g^(l-1) = Wavenet^U(h^(l))``; exact
   likelihood, no KL).
 * ``channels``: the paper's IAM-OnDB setting is 64 filters in every layer;
-  the authors' code uses 8 x latent size, i.e. [64, 64, 64, 32, 16].
+  the authors' code uses 8 x latent size, i.e. [64, 64, 64, 32, 16], with
+  ``stack_input='first_block'`` (below) for their stacks' widths.
+* docs/authors_equivalence.md: which options compute exactly what the
+  authors' code computes (checked on their model and weights), and the
+  importer of their checkpoints (``python -m tfhier.tools.import_authors_msstcn``).
 * IAM-OnDB head: the paper's mixture of 10 Gaussians + a pen Bernoulli
   (``head_components=10``); the authors' code uses one Gaussian (``1``).
 * ``gen_post='conditional'`` is eq. (12) (z enters every block's residual
