@@ -156,12 +156,13 @@ def main(argv):
     for name in ("checkpoint", "options", "run_dir"):
         if not getattr(FLAGS, name):
             sys.exit(f"import_authors_msstcn: error: --{name} is required")
+    from tfhier.data.base import DataError
     from tfhier.tools.authors_msstcn import AuthorsOptionError
 
     try:
         model = import_run(FLAGS.checkpoint, FLAGS.options, FLAGS.run_dir, FLAGS.dataset, FLAGS.data_dir,
                            FLAGS.offset_scale, FLAGS.framing, FLAGS.sample_rate, FLAGS.seed)
-    except (ImportError_, AuthorsOptionError) as e:
+    except (ImportError_, AuthorsOptionError, DataError) as e:
         sys.exit(f"import_authors_msstcn: error: {e}")
     print(f"{FLAGS.run_dir}: tfhier MS-STCN ({model.count_params():,} parameters) with the weights of "
           f"{FLAGS.checkpoint}")
