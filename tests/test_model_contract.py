@@ -50,7 +50,7 @@ TINY = {
 #: further configurations of a model that change its structure, checked the same way (case name -> model, overrides)
 VARIANTS = {
     "msstcn_authors": ("msstcn", dict(downsampling="sum_pool", upsampling="repeat", mixture="per_dim",
-                                      gen_post="plain")),
+                                      gen_post="plain", stack_input="first_block", resample_padding="block")),
     "msstcn_nolatents": ("msstcn", dict(latents="none")),
     "stcn_per_dim": ("stcn", dict(mixture="per_dim", precision_weighting="authors")),
     "vrnn_smoothing_gru": ("vrnn", dict(posterior="smoothing", res_q=True, cell="gru")),

@@ -362,6 +362,12 @@ def _sum_pool(x, factor):
     return tf.reduce_sum(tf.reshape(x, (b, t // factor, factor, c)), axis=2) / math.sqrt(factor)
 
 
+def _pad_to_multiple(x, factor):
+    """``x`` [B, T, C] with zero steps appended up to a multiple of ``factor``."""
+    t = tf.shape(x)[1]
+    return tf.pad(x, [[0, 0], [0, (factor - t % factor) % factor], [0, 0]])
+
+
 def _mean_pool(x, factor):
     b, t, c = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
     return tf.reduce_mean(tf.reshape(x, (b, t // factor, factor, c)), axis=2)
@@ -433,11 +439,17 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
     a 1x1 (with bias) when the channels change, then the same pooling.
 
     Either way coarse step tau depends on fine steps <= S*tau+S-1 only.
+
+    ``pad_input`` (the authors' ``DownscaleConv1D``): an input whose length is
+    not a multiple of S is padded with zero steps here, on each path where
+    the pooling reads it (``sum_pool``: the gate's pre-activation and the
+    identity path's input, whose 1x1 projection then adds its bias), rather
+    than by the model padding the data.
     """
 
     MODES = ("strided", "sum_pool")
 
-    def __init__(self, channels, factor, mode="strided", kernel_size=2, dilation_rate=1, **kwargs):
+    def __init__(self, channels, factor, mode="strided", kernel_size=2, dilation_rate=1, pad_input=False, **kwargs):
         super().__init__(**kwargs)
         if mode not in self.MODES:
             raise ValueError(f"{self.name}: downsampling mode must be one of {self.MODES}, got {mode!r}")
@@ -446,6 +458,7 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
         self.mode = mode
         self.kernel_size = int(kernel_size)
         self.dilation_rate = int(dilation_rate)
+        self.pad_input = bool(pad_input)
         if mode == "strided":
             self.gate_conv = StridedConv1D(2 * self.channels, self.factor, name="gate_conv")
         else:
@@ -458,11 +471,14 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
             self.skip_proj = CausalConv1D(self.channels, 1, use_bias=self.mode == "sum_pool", name="skip_proj")
 
     def call(self, x):
+        pad = (lambda v: _pad_to_multiple(v, self.factor)) if self.pad_input else (lambda v: v)
         if self.mode == "strided":
+            x = pad(x)
             residual = self.out_conv(gate(self.gate_conv(x)))
             identity = _mean_pool(x, self.factor)
             return (identity if self.skip_proj is None else self.skip_proj(identity)) + residual
-        residual = self.out_conv(gate(_sum_pool(self.gate_conv(x), self.factor)))
+        residual = self.out_conv(gate(_sum_pool(pad(self.gate_conv(x)), self.factor)))
+        x = pad(x)
         identity = _sum_pool(x if self.skip_proj is None else self.skip_proj(x), self.factor)
         return identity + residual
 
@@ -484,7 +500,7 @@ class DownsamplingWaveNetBlock(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "factor": self.factor, "mode": self.mode,
-                "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate}
+                "kernel_size": self.kernel_size, "dilation_rate": self.dilation_rate, "pad_input": self.pad_input}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -565,7 +581,7 @@ class WaveNet(keras.layers.Layer):
 
     def __init__(self, channels, dilations=(1,), kernel_size=1, conditional=False, input_projection=False,
                  downsample=1, downsample_mode="strided", upsample=1, out_channels=None, upsample_mode="transposed",
-                 **kwargs):
+                 downsample_padding=False, **kwargs):
         super().__init__(**kwargs)
         if downsample > 1 and upsample > 1:
             raise ValueError(f"{self.name}: a stack either downsamples or upsamples, not both")
@@ -578,6 +594,7 @@ class WaveNet(keras.layers.Layer):
         self.downsample_mode = downsample_mode
         self.upsample = int(upsample)
         self.upsample_mode = upsample_mode
+        self.downsample_padding = bool(downsample_padding)
         self.out_channels = int(out_channels) if out_channels is not None else self.channels
 
         n = len(self.dilations)
@@ -587,7 +604,7 @@ class WaveNet(keras.layers.Layer):
             ch = self.out_channels if i == n - 1 else self.channels
             if i == 0 and self.downsample > 1:
                 block = DownsamplingWaveNetBlock(ch, self.downsample, downsample_mode, self.kernel_size, d,
-                                                 name=f"block_{i}")
+                                                 pad_input=self.downsample_padding, name=f"block_{i}")
             elif i == n - 1 and self.upsample > 1:
                 block = UpsamplingWaveNetBlock(ch, self.upsample, self.upsample_mode, name=f"block_{i}")
             else:
@@ -644,4 +661,5 @@ class WaveNet(keras.layers.Layer):
                 "kernel_size": self.kernel_size, "conditional": self.conditional,
                 "input_projection": self.input_projection, "downsample": self.downsample,
                 "downsample_mode": self.downsample_mode, "upsample": self.upsample,
-                "out_channels": self.out_channels, "upsample_mode": self.upsample_mode}
+                "out_channels": self.out_channels, "upsample_mode": self.upsample_mode,
+                "downsample_padding": self.downsample_padding}

@@ -25,6 +25,17 @@ scores (``NormalMixture.py`` L89-92: a logsumexp over components per
 dimension); their sampler draws one component for all dimensions, i.e. from
 the joint mixture, a different distribution from the one scored, so the pair
 is not offered as it is: bounds would not describe the samples.
+
+Data normaliser (``shift``, ``scale``: one number per data dimension, or
+None): the network then sees normalised data and the head returns the
+distribution of the data in its own units, the authors' ``Normalizer.py``
+(``data_normalize=True`` of their IAM-OnDB configuration).  A Gaussian
+dimension is normalised as ``(x - shift) / scale`` and its distribution
+mapped back (``mu * scale + shift``, ``sigma * scale``, the clamp of A.2 on
+the normalised sigma); a Bernoulli dimension (its ``shift`` the data's mean,
+clipped to [1e-3, 1 - 1e-3]; ``scale`` 1) is fed as ``x - shift`` and its
+logits get ``log(shift / (1 - shift))`` added, so an untrained head predicts
+the data's rate.  :meth:`Head.normalize` is the input side.
 """
 
 from __future__ import annotations
@@ -51,12 +62,63 @@ def gaussian_scale(eta_sigma):
     return tf.clip_by_value(tf.nn.softplus(eta_sigma), SCALE_MIN, SCALE_MAX)
 
 
-class Head(keras.layers.Layer):
-    """Base class: ``call(g) -> eta``, ``distribution(eta) -> tfd.Distribution``."""
+BERNOULLI_SHIFT_MIN = 1e-3
 
-    def __init__(self, dim, **kwargs):
+
+class Head(keras.layers.Layer):
+    """Base class: ``call(g) -> eta``, ``distribution(eta) -> tfd.Distribution``; ``shift`` / ``scale``: the
+    data normaliser (module docstring), None for none."""
+
+    #: data dimensions modelled by a Bernoulli (the others are Gaussian); None: all of them
+    BERNOULLI_DIMS = ()
+
+    def __init__(self, dim, shift=None, scale=None, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
+        self.shift = None if shift is None or len(shift) == 0 else [float(v) for v in shift]
+        self.scale = None if scale is None or len(scale) == 0 else [float(v) for v in scale]
+        if (self.shift is None) != (self.scale is None):
+            raise ValueError(f"{self.name}: the data normaliser needs both shift and scale (one per dimension)")
+        if self.shift is not None:
+            if len(self.shift) != self.dim or len(self.scale) != self.dim:
+                raise ValueError(f"{self.name}: the data normaliser needs one shift and one scale per data dimension "
+                                 f"({self.dim}), got {len(self.shift)} and {len(self.scale)}")
+            if not all(v > 0 for v in self.scale):
+                raise ValueError(f"{self.name}: every data normaliser scale must be > 0, got {self.scale}")
+            bad = [d for d in self._bernoulli_dims() if self.scale[d] != 1.0]
+            if bad:
+                raise ValueError(f"{self.name}: dimensions {bad} are Bernoulli; their normaliser scale must be 1")
+
+    def _bernoulli_dims(self):
+        return list(range(self.dim)) if self.BERNOULLI_DIMS is None else list(self.BERNOULLI_DIMS)
+
+    def _effective_shift(self):
+        """The shift per dimension, the Bernoulli dimensions' clipped to [1e-3, 1 - 1e-3]."""
+        shift = list(self.shift)
+        for d in self._bernoulli_dims():
+            shift[d] = min(max(shift[d], BERNOULLI_SHIFT_MIN), 1.0 - BERNOULLI_SHIFT_MIN)
+        return shift
+
+    def normalize(self, x):
+        """Data ``x`` [..., D] as the network sees it (the input side of the normaliser; ``x`` without one)."""
+        if self.shift is None:
+            return x
+        shift = tf.constant(self._effective_shift(), x.dtype)
+        return (x - shift) / tf.constant(self.scale, x.dtype)
+
+    def _gaussian_affine(self, dims):
+        """``(shift, scale)`` float32 tensors of the Gaussian dimensions ``dims`` (None, None without one)."""
+        if self.shift is None:
+            return None, None
+        return (tf.constant([self.shift[d] for d in dims], tf.float32),
+                tf.constant([self.scale[d] for d in dims], tf.float32))
+
+    def _logit_offset(self, dims):
+        """``log(p / (1 - p))`` of the Bernoulli dimensions ``dims`` (None without a normaliser)."""
+        if self.shift is None:
+            return None
+        p = [self._effective_shift()[d] for d in dims]
+        return tf.math.log(tf.constant(p, tf.float32) / (1.0 - tf.constant(p, tf.float32)))
 
     def build(self, g_shape):
         self.proj = CausalConv1D(self.param_size, 1, name="proj", dtype=DISTRIBUTION_DTYPE)
@@ -72,12 +134,18 @@ class Head(keras.layers.Layer):
         raise NotImplementedError
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim}
+        return {**super().get_config(), "dim": self.dim, "shift": self.shift, "scale": self.scale}
+
+
+def _unnormalize(mu, sigma, shift, scale):
+    return (mu, sigma) if shift is None else (mu * scale + shift, sigma * scale)
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
 class GaussianHead(Head):
     """Diagonal Gaussian, eq. (14): ``eta = [mu, sigma_pre]``, size 2D."""
+
+    BERNOULLI_DIMS = ()
 
     @property
     def param_size(self):
@@ -85,19 +153,24 @@ class GaussianHead(Head):
 
     def distribution(self, eta, temperature=1.0):
         mu, s = tf.split(eta, 2, axis=-1)
-        return tfd.Independent(tfd.Normal(mu, gaussian_scale(s) * temperature), reinterpreted_batch_ndims=1)
+        mu, sigma = _unnormalize(mu, gaussian_scale(s), *self._gaussian_affine(range(self.dim)))
+        return tfd.Independent(tfd.Normal(mu, sigma * temperature), reinterpreted_batch_ndims=1)
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
 class BernoulliHead(Head):
     """Independent Bernoulli per dimension, ``eta`` = logits, size D."""
 
+    BERNOULLI_DIMS = None
+
     @property
     def param_size(self):
         return self.dim
 
     def distribution(self, eta, temperature=1.0):
-        return tfd.Independent(tfd.Bernoulli(logits=eta / temperature, dtype=tf.float32),
+        offset = self._logit_offset(range(self.dim))
+        logits = eta if offset is None else eta + offset
+        return tfd.Independent(tfd.Bernoulli(logits=logits / temperature, dtype=tf.float32),
                                reinterpreted_batch_ndims=1)
 
 
@@ -110,9 +183,11 @@ def _split_mixture(eta, n, per_component):
 MIXTURES = ("joint", "per_dim")
 
 
-def _gaussian_mixture(logits, mu, s, temperature, mixture):
-    """Mixture of n diagonal Gaussians with ``logits`` [..., n], ``mu``/``s`` [..., n, D]: event shape [D]."""
-    scale = gaussian_scale(s) * temperature
+def _gaussian_mixture(logits, mu, s, temperature, mixture, shift=None, data_scale=None):
+    """Mixture of n diagonal Gaussians with ``logits`` [..., n], ``mu``/``s`` [..., n, D]: event shape [D];
+    ``shift`` / ``data_scale`` [D]: the normaliser's (mapped back to data units), or None."""
+    mu, scale = _unnormalize(mu, gaussian_scale(s), shift, data_scale)
+    scale = scale * temperature
     if mixture == "joint":
         return tfd.MixtureSameFamily(tfd.Categorical(logits=logits / temperature),
                                      tfd.Independent(tfd.Normal(mu, scale), reinterpreted_batch_ndims=1))
@@ -132,6 +207,8 @@ class GaussianMixtureHead(Head):
     ``eta = [logits(n), then per component k: mu_k(D), sigma_pre_k(D)]``.
     """
 
+    BERNOULLI_DIMS = ()
+
     def __init__(self, dim, components=10, mixture="joint", **kwargs):
         super().__init__(dim, **kwargs)
         self.components = int(components)
@@ -144,7 +221,7 @@ class GaussianMixtureHead(Head):
     def distribution(self, eta, temperature=1.0):
         logits, params = _split_mixture(eta, self.components, 2 * self.dim)
         mu, s = tf.split(params, 2, axis=-1)
-        return _gaussian_mixture(logits, mu, s, temperature, self.mixture)
+        return _gaussian_mixture(logits, mu, s, temperature, self.mixture, *self._gaussian_affine(range(self.dim)))
 
     def get_config(self):
         return {**super().get_config(), "components": self.components, "mixture": self.mixture}
@@ -154,6 +231,8 @@ class GaussianMixtureHead(Head):
 class BernoulliMixtureHead(Head):
     """Mixture of n independent-Bernoulli vectors (A.2): ``eta = [logits(n), then per component: logits_k(D)]``,
     size Dn + n."""
+
+    BERNOULLI_DIMS = None
 
     def __init__(self, dim, components=10, **kwargs):
         super().__init__(dim, **kwargs)
@@ -165,6 +244,8 @@ class BernoulliMixtureHead(Head):
 
     def distribution(self, eta, temperature=1.0):
         logits, params = _split_mixture(eta, self.components, self.dim)
+        offset = self._logit_offset(range(self.dim))
+        params = params if offset is None else params + offset
         return tfd.MixtureSameFamily(
             tfd.Categorical(logits=logits / temperature),
             tfd.Independent(tfd.Bernoulli(logits=params / temperature, dtype=tf.float32),
@@ -183,6 +264,8 @@ class HandwritingHead(Head):
     With ``components=1`` this is the authors' public-code head (one Gaussian).
     """
 
+    BERNOULLI_DIMS = (2,)
+
     def __init__(self, dim=3, components=10, mixture="joint", **kwargs):
         if dim != 3:
             raise ValueError(f"HandwritingHead models [dx, dy, pen] steps (dim 3), got dim={dim}")
@@ -196,9 +279,11 @@ class HandwritingHead(Head):
 
     def distribution(self, eta, temperature=1.0):
         pen_logit = eta[..., :1]
+        offset = self._logit_offset([2])
+        pen_logit = pen_logit if offset is None else pen_logit + offset
         logits, params = _split_mixture(eta[..., 1:], self.components, 4)
         mu, s = tf.split(params, 2, axis=-1)
-        offsets = _gaussian_mixture(logits, mu, s, temperature, self.mixture)
+        offsets = _gaussian_mixture(logits, mu, s, temperature, self.mixture, *self._gaussian_affine([0, 1]))
         pen = tfd.Independent(tfd.Bernoulli(logits=pen_logit / temperature, dtype=tf.float32),
                               reinterpreted_batch_ndims=1)
         return tfd.Blockwise([offsets, pen])

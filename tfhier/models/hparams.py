@@ -15,7 +15,8 @@ A model class lists its hyperparameters as :class:`HParam` entries in
   does not declare it is an error, not silently ignored.
 
 Kinds: ``int``, ``float``, ``str`` (``choices`` optional), ``bool``, ``ints``
-(a comma-separated list of integers, e.g. one entry per layer) and
+(a comma-separated list of integers, e.g. one entry per layer), ``floats`` (a
+comma-separated list of numbers, e.g. one per data dimension) and
 ``int_lists`` (lists of integers separated by ``;``, e.g. per-layer dilations
 ``1,2;1,2,4``).  Values given as JSON (``--model_config``) use JSON lists.
 """
@@ -27,7 +28,7 @@ import json
 import os
 from typing import Any, Optional
 
-KINDS = ("int", "float", "str", "bool", "ints", "int_lists")
+KINDS = ("int", "float", "str", "bool", "ints", "floats", "int_lists")
 
 
 class HParamError(ValueError):
@@ -51,7 +52,8 @@ class HParam:
     def parse(self, value, source: str):
         """``value`` (a flag's value, a JSON value or a Python value) as this kind; HParamError naming ``source``."""
         what = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-                "ints": "a comma-separated list of integers", "int_lists":
+                "ints": "a comma-separated list of integers", "floats": "a comma-separated list of numbers",
+                "int_lists":
                 "lists of integers, layers separated by ';' (e.g. 1,2;1,2,4)"}[self.kind]
         try:
             out = _PARSERS[self.kind](value)
@@ -63,7 +65,7 @@ class HParam:
 
     def format(self, value) -> str:
         """The flag text of ``value``."""
-        if self.kind == "ints":
+        if self.kind in ("ints", "floats"):
             return ",".join(str(v) for v in value)
         if self.kind == "int_lists":
             return ";".join(",".join(str(v) for v in vs) for vs in value)
@@ -109,6 +111,14 @@ def _ints(v):
     return [_int(p) for p in v]
 
 
+def _floats(v):
+    if isinstance(v, str):
+        v = [p for p in v.split(",") if p.strip()]
+    if not isinstance(v, (list, tuple)):
+        raise ValueError
+    return [_float(p) for p in v]
+
+
 def _int_lists(v):
     if isinstance(v, str):
         v = [layer.split(",") for layer in v.split(";")]
@@ -123,7 +133,8 @@ def _str(v):
     return v
 
 
-_PARSERS = {"int": _int, "float": _float, "str": _str, "bool": _bool, "ints": _ints, "int_lists": _int_lists}
+_PARSERS = {"int": _int, "float": _float, "str": _str, "bool": _bool, "ints": _ints, "floats": _floats,
+            "int_lists": _int_lists}
 
 
 def resolve(cls, values: dict, *, model_name: str) -> dict:

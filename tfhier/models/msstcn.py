@@ -41,18 +41,42 @@ Choices where the paper is silent or differs from the authors' public code
   network, the latent path removed: ``g^(l-1) = Wavenet^U(h^(l))``; exact
   likelihood, no KL).
 * ``channels``: the paper's IAM-OnDB setting is 64 filters in every layer;
-  the authors' code uses 8 x latent size, i.e. [64, 64, 64, 32, 16].
+  the authors' code uses 8 x latent size, i.e. [64, 64, 64, 32, 16], with
+  ``stack_input='first_block'`` (below) for their stacks' widths.
+* docs/authors_equivalence.md: which options compute exactly what the
+  authors' code computes (checked on their model and weights), and the
+  importer of their checkpoints (``python -m tfhier.tools.import_authors_msstcn``).
 * IAM-OnDB head: the paper's mixture of 10 Gaussians + a pen Bernoulli
   (``head_components=10``); the authors' code uses one Gaussian (``1``).
 * ``gen_post='conditional'`` is eq. (12) (z enters every block's residual
   path); ``'plain'`` concatenates [h, z] and runs a plain Wavenet_1x1.
-* The data enters through a 1x1 convolution to ``channels[0]``; an identity
-  path whose channel count changes gets a 1x1 projection.
+* ``stack_input='projection'``: the data enter through a 1x1 convolution
+  to ``channels[0]``, each top-down stack whose input has other channels
+  than its blocks (``[g, Delay(d)]``, plain ``[h, z]``) starts with a 1x1
+  projection, and the output stack CondWavenet^U of layer l runs at
+  ``channels[l]`` with its last block changing to ``channels[l-1]``.
+  ``'first_block'`` (the authors' ``Wavenet`` class): no input projections,
+  the first block of each stack reads its input as it is (its identity path
+  a 1x1 convolution, with bias), and every block of the output stack of
+  layer l has ``channels[l-1]`` channels.  With equal channels in all layers
+  only the projections differ.  An identity path whose channel count changes
+  gets a 1x1 projection either way.
+* ``data_shift`` / ``data_scale`` (one per data dimension; empty: none): the
+  authors' data normaliser (``data_normalize=True``), see
+  :mod:`tfhier.heads`: the network sees normalised data and the head gives
+  the distribution in the data's units.
 * Upsampling happens in the last block of the CondWavenet^U stack, mirroring
   the downsampling in the first bottom-up block.
-* Padding: inputs are zeroed where ``mask`` is 0 and padded to a multiple of
-  the total downsampling factor, so a sequence scores the same whatever
-  padding surrounds it in a batch.
+* Padding: inputs are zeroed where ``mask`` is 0 (before the data
+  normaliser).  ``resample_padding='data'``: the data are padded to a
+  multiple of the total downsampling factor, so a sequence scores the same
+  whatever padding surrounds it in a batch.  ``'block'`` (the authors'
+  ``DownscaleConv1D``): each downsampling block zero-pads its own input to a
+  multiple of its factor and each layer's upsampled output is cut to the
+  length of the layer below; the last, partial coarse step of a layer then
+  sees zeros where the data ends (and, in a batch, the padding of the
+  longest sequence), as in their code.  Only scoring differs: generation and
+  priming use complete coarse steps either way.
 """
 
 from __future__ import annotations
@@ -64,7 +88,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfhier.blocks import CausalConv1D, Delay, WaveNet, step_weights, time_slice
-from tfhier.heads import DISTRIBUTION_DTYPE
+from tfhier.heads import DISTRIBUTION_DTYPE, make_head
 from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, generation_step, graph_call,
                                 head_hparams, latent_normal, make_model_head)
 from tfhier.models.hparams import HParam
@@ -99,6 +123,16 @@ class MSSTCN(SequenceModel):
                choices=("transposed", "repeat")),
         HParam("latents", "str", "normal", "normal (the model) or none: the deterministic control of Table 1, the "
                "same network with the latent path removed (exact likelihood, no KL).", choices=("normal", "none")),
+        HParam("stack_input", "str", "projection", "projection (1x1 input projections before the stacks, the "
+               "output stack at the layer's width) or first_block (the authors' code: the first block of a stack "
+               "reads its input, the output stack at the width of the layer below).",
+               choices=("projection", "first_block")),
+        HParam("resample_padding", "str", "data", "data (pad the data to a multiple of the total downsampling "
+               "factor) or block (the authors' code: each downsampling block pads its own input; see the module "
+               "docstring).", choices=("data", "block")),
+        HParam("data_shift", "floats", [], "msstcn: the data normaliser's shift per data dimension (empty: none; "
+               "the authors' data_normalize, see tfhier.heads)."),
+        HParam("data_scale", "floats", [], "msstcn: the data normaliser's scale per data dimension (empty: none)."),
         HParam("input_dropout", "float", 0.0, "msstcn: dropout rate of the data entering the bottom-up network in "
                "training (the likelihood's targets stay whole): a regulariser for small data sets (ours)."),
     )
@@ -119,21 +153,25 @@ class MSSTCN(SequenceModel):
         self.upsampling = hp["upsampling"]
         self.use_latents = hp["latents"] == "normal"
         self.input_dropout = hp["input_dropout"]
+        self.stack_input = hp["stack_input"]
+        self.resample_padding = hp["resample_padding"]
         self._validate()
+        first_block = self.stack_input == "first_block"
 
         n = len(self.channels)
         # Total downsampling factor of each layer, S^(l).
         self.factors = [int(np.prod(self.strides[: l + 1])) for l in range(n)]
         self.time_multiple = self.factors[-1]
 
-        self.input_proj = CausalConv1D(self.channels[0], 1, name="input_proj")
+        self.input_proj = None if first_block else CausalConv1D(self.channels[0], 1, name="input_proj")
         self.bottom_up = [
             WaveNet(self.channels[l], dilations=self.bu_dilations[l], kernel_size=self.kernel_size,
-                    downsample=self.strides[l], downsample_mode=self.downsampling, name=f"bottom_up_{l + 1}")
+                    downsample=self.strides[l], downsample_mode=self.downsampling,
+                    downsample_padding=self.resample_padding == "block", name=f"bottom_up_{l + 1}")
             for l in range(n)]
         self.delay = Delay(name="delay")
         self.top_down_h = [
-            WaveNet(self.channels[l], dilations=[1] * self.td_blocks, kernel_size=1, input_projection=True,
+            WaveNet(self.channels[l], dilations=[1] * self.td_blocks, kernel_size=1, input_projection=not first_block,
                     name=f"top_down_h_{l + 1}")
             for l in range(n)]
         # Zero-initialised: every q and p starts as N(0, softplus(0)^2), so the KL starts at 0 instead of
@@ -147,13 +185,14 @@ class MSSTCN(SequenceModel):
                                             name=f"posterior_{l + 1}", dtype=DISTRIBUTION_DTYPE)
                                for l in range(k)]
         self.top_down_g = [
-            WaveNet(self.channels[l], dilations=[1] * self.td_blocks, kernel_size=1,
-                    conditional=self.use_latents and self.gen_post == "conditional",
-                    input_projection=self.use_latents and self.gen_post == "plain",
+            WaveNet(self.channels[max(l - 1, 0)] if first_block else self.channels[l], dilations=[1] * self.td_blocks,
+                    kernel_size=1, conditional=self.use_latents and self.gen_post == "conditional",
+                    input_projection=self.use_latents and self.gen_post == "plain" and not first_block,
                     upsample=self.strides[l], upsample_mode=self.upsampling, out_channels=self.channels[max(l - 1, 0)],
                     name=f"top_down_g_{l + 1}")
             for l in range(n)]
-        self.head = make_model_head(self)
+        self.head = make_head(hp["head"], input_dim, hp["head_components"], mixture=hp["mixture"],
+                              shift=hp["data_shift"], scale=hp["data_scale"], name="head")
 
     def _validate(self):
         n = len(self.channels)
@@ -174,6 +213,10 @@ class MSSTCN(SequenceModel):
             raise ValueError(f"MS-STCN: --gen_post must be 'conditional' or 'plain', got {self.gen_post!r}")
         if not 0.0 <= self.input_dropout < 1.0:
             raise ValueError(f"MS-STCN: --input_dropout must be in [0, 1), got {self.input_dropout}")
+        if self.resample_padding not in ("data", "block"):
+            raise ValueError(f"MS-STCN: --resample_padding must be 'data' or 'block', got {self.resample_padding!r}")
+        if self.stack_input not in ("projection", "first_block"):
+            raise ValueError(f"MS-STCN: --stack_input must be 'projection' or 'first_block', got {self.stack_input!r}")
         if self.downsampling not in ("strided", "sum_pool"):
             raise ValueError(f"MS-STCN: --downsampling must be 'strided' or 'sum_pool', got {self.downsampling!r}")
 
@@ -189,14 +232,28 @@ class MSSTCN(SequenceModel):
     def latent_factors(self):
         return list(self.factors) if self.use_latents else []
 
-    def bottom_up_features(self, y):
-        """Eq. (8) on ``y`` [B, T, D] (T a multiple of ``time_multiple``, padding zeroed): ``[d^(1), ..., d^(L)]``,
-        ``d^(l)`` of shape [B, T / S^(l), C_l]."""
+    def network_input(self, x, mask, length=None):
+        """Data ``x`` [B, T, D] as the bottom-up network reads it: every padded step (``mask`` 0) zero, zero steps
+        appended up to ``length`` (default T), then normalised (``data_shift`` / ``data_scale``)."""
+        y = masked_inputs(x, mask)
+        if length is not None:
+            y = tf.pad(y, [[0, 0], [0, length - tf.shape(y)[1]], [0, 0]])
+        return self.head.normalize(y)
+
+    def bottom_up_features(self, y, lengths=None):
+        """Eq. (8) on ``y`` [B, T, D] (:meth:`network_input`; T a multiple of ``time_multiple`` unless
+        ``resample_padding='block'``): ``[d^(1), ..., d^(L)]``, ``d^(l)`` of shape [B, T / S^(l), C_l].
+
+        With ``resample_padding='block'`` and ``lengths`` [B], the input of layer l+1 is ``d^(l)`` zeroed after
+        each row's ``ceil(length / S^(l))`` steps (the authors' ``AutoregressiveLadderLayer.forward``)."""
         d = []
-        a = self.input_proj(y)
-        for block in self.bottom_up:
+        a = y if self.input_proj is None else self.input_proj(y)
+        for l, block in enumerate(self.bottom_up):
             a = block(a)
             d.append(a)
+            if self.resample_padding == "block" and lengths is not None:
+                valid = tf.cast(tf.math.ceil(tf.cast(lengths, tf.float32) / self.factors[l]), tf.int32)
+                a = a * tf.sequence_mask(valid, tf.shape(a)[1], dtype=a.dtype)[..., None]
         return d
 
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
@@ -218,9 +275,12 @@ class MSSTCN(SequenceModel):
         x = tf.convert_to_tensor(x, tf.float32)
         mask = tf.cast(mask, tf.float32)
         b, t = tf.shape(x)[0], tf.shape(x)[1]
-        t_pad = (t + self.time_multiple - 1) // self.time_multiple * self.time_multiple
+        if self.resample_padding == "data":
+            t_pad = (t + self.time_multiple - 1) // self.time_multiple * self.time_multiple
+        else:
+            t_pad = t
         # Zero padded steps (NaN included) so garbage in padding cannot reach any real step.
-        y = tf.pad(masked_inputs(x, mask), [[0, 0], [0, t_pad - t], [0, 0]])
+        y = self.network_input(x, mask, t_pad)
         lengths = tf.reduce_sum(mask, axis=-1)
 
         # Bottom-up, eq. (8); input dropout (training only) is stateless, from the step's seed.
@@ -231,7 +291,7 @@ class MSSTCN(SequenceModel):
             keep = replica_rows(lambda rows: tf.nn.experimental.stateless_dropout(
                 tf.ones(tf.concat([[rows], rest], 0)), self.input_dropout, seed=drop_seed), tf.shape(y)[0])
             y_in = y * keep
-        d = self.bottom_up_features(y_in)
+        d = self.bottom_up_features(y_in, lengths)
 
         # Top-down, eqs. (9)-(13).
         n = len(d)
@@ -239,13 +299,15 @@ class MSSTCN(SequenceModel):
         g = None
         for l in reversed(range(n)):
             delayed = self.delay(d[l])
+            steps_l = tf.shape(d[l])[1]
+            if g is not None:  # the upsampled output of the layer above, cut to this layer's length
+                g = time_slice(g, 0, steps_l)
             h = self.top_down_h[l](delayed if g is None else tf.concat([g, delayed], axis=-1))
             if not self.use_latents:
                 g = self.top_down_g[l](h)
                 continue
             prior = latent_normal(self.prior_proj[l](h))
             posterior = latent_normal(self.posterior_proj[l](tf.concat([h, d[l]], axis=-1)))
-            steps_l = t_pad // self.factors[l]
             eps = tf.transpose(latent_noise(seed, l, steps_l, b, self.latent_dims_[l]), [1, 0, 2])
             if latents == "posterior":
                 z = posterior.loc + posterior.scale * eps
@@ -389,9 +451,10 @@ class MSSTCNGenerator:
             n_run = _ceil_div(tf.reduce_max(lengths) + num_steps, m)
             # d^(l) of every latent step inside the prefix, for the posteriors of the primed steps.
             t0_pad = _ceil_div(t0, m) * m
+            network_prefix = model.network_input(prefix, tf.sequence_mask(lengths, t0), t0_pad)
             # float32 as the step methods' values are (bfloat16 from a model built under mixed precision)
             ctx.d_obs = [tf.cast(d, tf.float32) for d in
-                         model.bottom_up_features(tf.pad(prefix, [[0, 0], [0, t0_pad - t0], [0, 0]]))]
+                         model.bottom_up_features(network_prefix, lengths)]
             ctx.lengths = lengths
         else:
             if not isinstance(batch, int):
@@ -531,7 +594,7 @@ class MSSTCNGenerator:
 
     def _fine_step(self, t, g, state, ctx):
         """Fine step t: y_t from the head on ``g^(0)`` [B, C] (or the observed prefix); returns the bottom-up
-        input ``input_proj(y_t)``."""
+        input (``input_proj`` of the normalised y_t)."""
         model = self.model
         with tf.name_scope("head"):
             eta = model.head.proj.step1(g)  # the head's projection on one step
@@ -542,5 +605,8 @@ class MSSTCNGenerator:
             y = tf.where((t < ctx.lengths)[:, None], observed, y)
         state = dict(state)
         state["out"] = state["out"].write(t - ctx.fine_base, y)
+        x = model.head.normalize(y)
+        if model.input_proj is None:
+            return state, x
         with tf.name_scope("input_proj"):
-            return state, model.input_proj.step1(y)
+            return state, model.input_proj.step1(x)
