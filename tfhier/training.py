@@ -36,6 +36,7 @@ from tfhier.fileio import atomic_write
 from tfhier.rundir import RunDirError, RunLock, checkpoint_prefixes, repair_state, writable_problem
 from tfhier.data.base import SequenceData
 from tfhier.data.pipeline import make_dataset, without_autotuning
+from tfhier.data.units import LIST_FACTS
 from tfhier.models import build_model
 from tfhier.models.base import check_mixed_precision, multi_worker, naive_generation_problem, precision_policy
 from tfhier import samples as samples_lib
@@ -119,6 +120,8 @@ def _jsonable(info: dict) -> dict:
             v = v.item()
         if isinstance(v, (int, float, str, bool)):
             out[k] = v
+        elif k in LIST_FACTS:  # per-channel facts of a user's own data (tfhier.data.units)
+            out[k] = [x.item() if isinstance(x, np.generic) else x for x in v]
     return out
 
 
