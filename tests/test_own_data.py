@@ -284,3 +284,53 @@ def test_a_source_s_flag_given_to_another_source_is_refused():
     fv2(["prog", "--frame_width=20"])
     with pytest.raises(DataError, match=r"--frame_width is an option of --dataset=audio; --dataset=midi"):
         sources.options_from_flags(get_source("midi"), table, fv2)
+
+
+def test_train_help_groups_flags_by_purpose():
+    import importlib
+
+    text = importlib.import_module("tfhier.cli.train").help_text()
+    titles = [line for line in text.splitlines() if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles[:5] == ["run: what to train, on what, where:", "training:", "objective:", "devices:",
+                          "logging, checkpoints and samples:"], titles
+
+    def section(start):
+        body = text[text.index(start):]
+        return body[:body.index("\n\n")]
+
+    assert "--delimiter:" in section("data source --dataset=sequences") and "--frame_width" not in \
+        section("data source --dataset=sequences")
+    assert "--frame_width:" in section("data source --dataset=audio")
+    assert "--steps_per_beat:" in section("data source --dataset=midi")
+    assert "--strategy:" in section("devices:") and "--learning_rate:" in section("training:")
+    assert "--rnn_units:" in text[text.index("models: "):]
+
+
+def test_export_signatures_speak_the_data_units():
+    """The SavedModel's functions with the run's standardisation against the model in its own units (same
+    seeds, so the same noise): inputs standardised, outputs mapped back, densities shifted by -sum log std."""
+    import tensorflow as tf
+
+    from tfhier import serving
+    from tfhier.models import build_model
+
+    info = {"channel_mean": [1000.0, -2.0], "channel_std": [50.0, 0.01]}
+    units = serving.DataUnits.of(info)
+    model = build_model("stcn", 2, dict(channels=[8, 6], dilations=[1, 2], latent_dims=[2, 3], latent_hidden=[8],
+                                        output_hidden=[8], head="gaussian")).build_for_data()
+    rng = np.random.default_rng(0)
+    x_data = np.stack([1000 + 50 * rng.normal(size=[12]), -2 + 0.01 * rng.normal(size=[12])], -1)[None]
+    x_data = x_data.astype(np.float32)
+    seed = tf.constant([3, 4], tf.int32)
+    lengths = tf.constant([12], tf.int32)
+    got = serving.score_fn(model, units)(tf.constant(x_data), lengths, seed)
+    z = (x_data - np.array([1000.0, -2.0], np.float32)) / np.array([50.0, 0.01], np.float32)
+    ref = model.score(tf.constant(z), tf.ones([1, 12]), seed)
+    shift = -12 * (np.log(50.0) + np.log(0.01))
+    assert np.allclose(got["elbo"].numpy(), ref["elbo"].numpy() + shift, rtol=1e-5)
+    assert np.allclose(got["nll"].numpy(), ref["nll"].numpy() - shift, rtol=1e-5)
+    limits = serving.Limits(max_steps=20, max_samples=4)
+    s = serving.sample_fn(model, limits, units)(tf.constant(2), tf.constant(5), seed, tf.constant(1.0))["samples"]
+    ref = model.generate(2, 5, seed, 1.0).numpy()
+    assert np.allclose(s.numpy(), to_data_units(ref, info), rtol=1e-5, atol=1e-4)
+    assert serving.DataUnits.of({}) is None
