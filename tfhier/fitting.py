@@ -35,7 +35,7 @@ DATA_FILE = "data.npz"
 def _sequences(value, name) -> list:
     """``value`` (a list of ``[T, D]`` / ``[T]`` arrays, or one ``[N, T, D]`` array) as ``[(name, float64 array)]``."""
     from tfhier.data import DataError
-    from tfhier.data.own import _check_array
+    from tfhier.data.own import check_array
 
     if isinstance(value, np.ndarray) and value.dtype != object:
         if value.ndim != 3:
@@ -44,7 +44,7 @@ def _sequences(value, name) -> list:
         value = list(value)
     if not isinstance(value, (list, tuple, np.ndarray)) or len(value) == 0:
         raise DataError(f"{name}: expected a non-empty list of [T, D] arrays, got {type(value).__name__}")
-    return [(f"{name}[{i}]", _check_array(np.asarray(a), f"{name}[{i}]")) for i, a in enumerate(value)]
+    return [(f"{name}[{i}]", check_array(np.asarray(a), f"{name}[{i}]")) for i, a in enumerate(value)]
 
 
 def _object_array(arrays):

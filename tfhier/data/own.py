@@ -159,7 +159,8 @@ def detect_delimiter(lines) -> Optional[str]:
 
 
 def _split_line(line: str, delimiter):
-    return [c.strip() for c in (line.split() if delimiter is None else line.split(delimiter))]
+    cells = [c.strip() for c in (line.split() if delimiter is None else line.split(delimiter))]
+    return [c[1:-1].strip() if len(c) >= 2 and c[0] == c[-1] and c[0] in "\"'" else c for c in cells]
 
 
 def read_csv(path, delimiter="auto", header="auto"):
@@ -216,7 +217,9 @@ def read_csv(path, delimiter="auto", header="auto"):
 
 # ------------------------------------------------------------------------------------------ npy / npz
 
-def _check_array(a, where) -> np.ndarray:
+def check_array(a, where) -> np.ndarray:
+    """``a`` as a float64 ``[T, D]`` array (``[T]`` becomes one channel); DataError naming ``where`` unless it
+    is a non-empty, finite, numeric array of rank 1 or 2."""
     if not isinstance(a, np.ndarray):
         raise DataError(f"{where}: a {type(a).__name__}, expected a numeric [T, D] array")
     if a.dtype.kind not in "biuf":
@@ -243,7 +246,7 @@ def read_npy(path) -> np.ndarray:
         raise DataError(f"{path}: cannot be read without unpickling ({e}); save numeric arrays") from None
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: not a readable .npy file ({e})") from None
-    return _check_array(a, path)
+    return check_array(a, path)
 
 
 _MAX_OBJECTS = 1_000_000
@@ -336,7 +339,7 @@ def _npz_splits(path, valid_fraction, test_fraction):
                 value = list(value)
             if not isinstance(value, (list, tuple)):
                 raise DataError(f"{path}[{s!r}]: a {type(value).__name__}; expected a list of [T, D] arrays")
-            out[s] = [(f"{s}[{i}]", _check_array(a, f"{path}[{s!r}][{i}]")) for i, a in enumerate(value)]
+            out[s] = [(f"{s}[{i}]", check_array(a, f"{path}[{s!r}][{i}]")) for i, a in enumerate(value)]
         carve = tuple(s for s in ("valid", "test") if s not in split_keys)
         if carve:
             named = dict(out["train"])
@@ -349,7 +352,7 @@ def _npz_splits(path, valid_fraction, test_fraction):
             raise DataError(f"{path}[{key!r}]: an object array; an .npz of one array per sequence holds numeric "
                             f"[T, D] arrays (or use the keys train/valid/test for lists)")
     check_fractions(valid_fraction, test_fraction)
-    named = {k: _check_array(v, f"{path}[{k!r}]") for k, v in content.items()}
+    named = {k: check_array(v, f"{path}[{k!r}]") for k, v in content.items()}
     carved = hash_split(named, valid_fraction, test_fraction)
     return {s: [(n, named[n]) for n in carved[s]] for s in SPLITS}
 
@@ -478,5 +481,5 @@ SOURCE = DataSource(
                    "divide by its std (stored with the run, undone on samples and exports); binary data never."),
     ))
 
-__all__ = ["SOURCE", "check_fractions", "detect_delimiter", "from_splits", "hash_split", "load_sequences",
+__all__ = ["SOURCE", "check_array", "check_fractions", "detect_delimiter", "from_splits", "hash_split", "load_sequences",
            "name_hash", "read_csv", "read_npy", "read_npz", "read_sequences", "split_files"]
