@@ -334,3 +334,16 @@ def test_export_signatures_speak_the_data_units():
     ref = model.generate(2, 5, seed, 1.0).numpy()
     assert np.allclose(s.numpy(), to_data_units(ref, info), rtol=1e-5, atol=1e-4)
     assert serving.DataUnits.of({}) is None
+
+
+def test_columns_select_channels_and_a_trailing_delimiter_is_no_column(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("time;x;y;\n2024-01-01 10:00;1.5;2;\n2024-01-01 10:01;3;4;\n")
+    with pytest.raises(DataError, match=r"t\.csv, line 2, column 1 \(time\): '2024-01-01 10:00', not a number"):
+        own.read_csv(p)
+    x, names, _ = own.read_csv(p, columns="y,x")
+    assert names == ["y", "x"] and x.tolist() == [[2, 1.5], [4, 3]]
+    x, names, _ = own.read_csv(p, columns="2")
+    assert names == ["x"] and x.tolist() == [[1.5], [3]]
+    with pytest.raises(DataError, match=r"--columns names 'z', which is not a column"):
+        own.read_csv(p, columns="x,z")

@@ -163,8 +163,25 @@ def _split_line(line: str, delimiter):
     return [c[1:-1].strip() if len(c) >= 2 and c[0] == c[-1] and c[0] in "\"'" else c for c in cells]
 
 
-def read_csv(path, delimiter="auto", header="auto"):
-    """``(array [T, D] float64, channel names or None, delimiter used)`` from one CSV file."""
+def _column_indices(columns: str, names, width, path):
+    """0-based indices of ``--columns`` (names of the header or 1-based numbers, comma-separated; "" = all)."""
+    if not columns:
+        return list(range(width))
+    out = []
+    for part in [p.strip() for p in columns.split(",") if p.strip()]:
+        if names and part in names:
+            out.append(names.index(part))
+        elif part.isdigit() and 1 <= int(part) <= width:
+            out.append(int(part) - 1)
+        else:
+            have = f"its header: {', '.join(names)}" if names else f"{width} columns, numbered from 1"
+            raise DataError(f"{path}: --columns names {part!r}, which is not a column of the file ({have})")
+    return out
+
+
+def read_csv(path, delimiter="auto", header="auto", columns=""):
+    """``(array [T, D] float64, channel names or None, delimiter used)`` from one CSV file; ``columns``: the
+    columns to keep (names or 1-based numbers, comma-separated; "" keeps all)."""
     try:
         with open(path, encoding="utf-8-sig") as f:
             text = f.read()
@@ -180,6 +197,9 @@ def read_csv(path, delimiter="auto", header="auto"):
         delim = detect_delimiter([l for _, l in numbered])
     else:
         delim = {"tab": "\t", "\\t": "\t", "space": None, "whitespace": None}.get(delimiter, delimiter)
+    if delim is not None and all(l.rstrip().endswith(delim) for _, l in numbered):
+        # every line ends with the delimiter (some exporters write one after the last cell): no empty last column
+        numbered = [(n, l.rstrip()[:-len(delim)]) for n, l in numbered]
     first = _split_line(numbered[0][1], delim)
     if header == "auto":
         has_header = not all(_is_number(c) for c in first)
@@ -192,6 +212,7 @@ def read_csv(path, delimiter="auto", header="auto"):
         if not numbered:
             raise DataError(f"{path}: only a header line, no rows of numbers")
     width = len(first)
+    keep = _column_indices(columns, names, width, path)
     rows = []
     for number, line in numbered:
         cells = _split_line(line, delim)
@@ -200,19 +221,20 @@ def read_csv(path, delimiter="auto", header="auto"):
             raise DataError(f"{path}, line {number}: {len(cells)} values, expected {width} (as on line "
                             f"{numbered[0][0] if not has_header else 'of the header'}; delimiter {shown})")
         try:
-            row = [float(c) for c in cells]
+            row = [float(cells[j]) for j in keep]
         except ValueError:
-            col = next(j for j, c in enumerate(cells) if not _is_number(c))
+            col = next(j for j in keep if not _is_number(cells[j]))
             label = f" ({names[col]})" if names else ""
             what = "an empty cell" if cells[col] == "" else f"{cells[col]!r}, not a number"
             raise DataError(f"{path}, line {number}, column {col + 1}{label}: {what} (missing values are not "
-                            f"supported; every cell must be a number)") from None
+                            f"supported; every cell must be a number; --columns keeps only some columns)") from None
         if not all(math.isfinite(v) for v in row):
-            col = next(j for j, v in enumerate(row) if not math.isfinite(v))
+            col = keep[next(j for j, v in enumerate(row) if not math.isfinite(v))]
             raise DataError(f"{path}, line {number}, column {col + 1}: {cells[col]!r} (NaN or infinite values are "
                             f"not supported: fill or drop them first)")
         rows.append(row)
-    return np.asarray(rows, np.float64).reshape(len(rows), width), names, delim
+    names = [names[j] for j in keep] if names else None
+    return np.asarray(rows, np.float64).reshape(len(rows), len(keep)), names, delim
 
 
 # ------------------------------------------------------------------------------------------ npy / npz
@@ -374,7 +396,8 @@ def _format_of(data_dir) -> str:
     return found.pop()[1:]
 
 
-def read_sequences(data_dir, *, delimiter="auto", header="auto", valid_fraction=0.1, test_fraction=0.1):
+def read_sequences(data_dir, *, delimiter="auto", header="auto", columns="", valid_fraction=0.1,
+                   test_fraction=0.1):
     """``({split: [(name, float64 [T, D])]}, facts)``: the raw (unstandardised) sequences and what was detected
     (``format``, ``channel_names``, ``csv_delimiter``)."""
     data_dir = str(data_dir)
@@ -389,7 +412,7 @@ def read_sequences(data_dir, *, delimiter="auto", header="auto", valid_fraction=
         for p in paths[s]:
             name = os.path.relpath(p, data_dir)
             if fmt == "csv":
-                a, names, delim = read_csv(p, delimiter, header)
+                a, names, delim = read_csv(p, delimiter, header, columns)
                 if first is None:
                     first = (p, names, a.shape[1])
                     facts["csv_delimiter"] = "," if delim is None else delim
@@ -450,13 +473,13 @@ def from_splits(name, splits: dict, facts: dict, standardize=True) -> SequenceDa
                         feature_dim=dim, kind=kind, info=info)
 
 
-def load_sequences(data_dir, *, delimiter="auto", header="auto", valid_fraction=0.1, test_fraction=0.1,
-                   standardize=True) -> SequenceData:
+def load_sequences(data_dir, *, delimiter="auto", header="auto", columns="", valid_fraction=0.1,
+                   test_fraction=0.1, standardize=True) -> SequenceData:
     """Loads a user's own sequences from ``data_dir`` (see the module docstring)."""
     if not data_dir or not os.path.exists(str(data_dir)):
         raise DataError(f"--data_dir={data_dir} does not exist")
-    splits, facts = read_sequences(data_dir, delimiter=delimiter, header=header, valid_fraction=valid_fraction,
-                                   test_fraction=test_fraction)
+    splits, facts = read_sequences(data_dir, delimiter=delimiter, header=header, columns=columns,
+                                   valid_fraction=valid_fraction, test_fraction=test_fraction)
     return from_splits("sequences", splits, facts, standardize)
 
 
@@ -473,6 +496,8 @@ SOURCE = DataSource(
                    "character itself (tab: 'tab', whitespace: 'space')."),
         DataOption("header", "str", "auto", "CSV header row of channel names: auto (a first row with any "
                    "non-number is a header), yes or no.", choices=("auto", "yes", "no")),
+        DataOption("columns", "str", "", "CSV columns to keep, by header name or number (from 1), comma-separated, "
+                   "e.g. acc_x,acc_y or 2,3 (to leave out a time stamp); empty: all."),
         DataOption("valid_fraction", "float", 0.1, "share of files hashed into the valid split (without a valid/ "
                    "subfolder), by a stable hash of the file name."),
         DataOption("test_fraction", "float", 0.1, "share of files hashed into the test split (without a test/ "
