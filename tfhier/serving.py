@@ -502,7 +502,7 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
         write_saved_model(model, saved, limits, extra_files={
             "config.json": json.dumps(config, indent=2) + "\n",
             EXPORT_INFO_FILE: json.dumps(info, indent=2) + "\n",
-        }, units=units)
+        }, **({"units": units} if units is not None else {}))
         if os.path.lexists(version_dir):  # appeared while we were writing
             raise ExportError(f"{version_dir} appeared during the export: refusing to overwrite it")
         os.rename(saved, version_dir)
