@@ -4,6 +4,7 @@
 
     run = tfhier.load_run("runs/demo")                 # the best checkpoint (R/best), as evaluate.py --checkpoint=best
     test = run.data.split("test")                      # list of [T, D] arrays, in the model's (normalised) units
+    test = run.to_data_units(test)                     # in the data's own units (a user's own standardised data)
     bounds = run.score(test[:8], iw_samples=16)        # log p(x) lower bounds in nats, one per sequence
     x = run.sample(num_samples=4, num_steps=400, seed=1)             # [4, 400, D]
     y = run.continue_sequences(test[:2], num_steps=200, seed=1)      # [2, 200, D]: what follows each prefix
@@ -13,6 +14,12 @@
 Everything here is a thin layer over :mod:`tfhier.runs` (loading), :mod:`tfhier.evaluation` (bounds) and
 the model's own generation methods, so the numbers equal the command lines' for the same seeds.  Seeds are
 plain integers; sampling is stateless and reproducible on one machine (the same seed gives the same draw).
+
+Units: ``score``, ``sample`` and ``continue_sequences`` speak the data's own units.  For a user's own data
+trained with ``--standardize`` (:mod:`tfhier.data.units`) they map inputs to the model's units with the run's
+stored per-channel mean and std, map samples back, and report log-densities of the data in its units
+(``log p_data(x) = log p_model(z) - T * sum_d log std_d``); for every other run the two units are the same.
+``run.data`` holds the data set as the model was trained on it (model units).
 """
 
 from __future__ import annotations
@@ -65,40 +72,66 @@ class LoadedRun:
         """``'handwriting'``, ``'audio'``, ``'binary'`` or ``'real'``: what the sequences are."""
         return self.config["kind"]
 
+    @property
+    def data_info(self) -> dict:
+        """The data facts stored with the run (``config.json``'s ``data_info``)."""
+        return self.config.get("data_info", {})
+
+    def to_data_units(self, x):
+        """Model-unit values (an ``[..., D]`` array or a list of them) in the data's own units."""
+        from tfhier.data.units import to_data_units
+
+        if isinstance(x, (list, tuple)):
+            return [to_data_units(s, self.data_info) for s in x]
+        return to_data_units(x, self.data_info)
+
+    def to_model_units(self, x):
+        """Data-unit values (an ``[..., D]`` array or a list of them) as the model sees them."""
+        from tfhier.data.units import to_model_units
+
+        if isinstance(x, (list, tuple)):
+            return [to_model_units(s, self.data_info) for s in x]
+        return to_model_units(x, self.data_info)
+
     def score(self, sequences: Sequence, *, iw_samples: int = 1, seed: int = 0, batch_size: int = 16) -> np.ndarray:
         """Lower bounds on log p(x) in nats, float64 ``[N]``, one per sequence of ``sequences`` (``[T_i, D]``
-        arrays of any lengths, in the model's units). ``iw_samples=1``: the ELBO; K > 1: the IWAE bound with K
+        arrays of any lengths, in the data's units). ``iw_samples=1``: the ELBO; K > 1: the IWAE bound with K
         importance samples (Burda et al. 2015), as ``evaluate.py --iw_samples=K``."""
+        from tfhier.data.units import log_density_offset
         from tfhier.evaluation import evaluate_sequences
 
-        result = evaluate_sequences(self.model, self._as_list(sequences, "sequences"), iw_samples=iw_samples,
+        seqs = self._as_list(sequences, "sequences")
+        result = evaluate_sequences(self.model, self.to_model_units(seqs), iw_samples=iw_samples,
                                     batch_size=batch_size, seed=seed, fivo_particles=0)
-        return result.elbo if iw_samples == 1 else result.iwae
+        bounds = np.asarray(result.elbo if iw_samples == 1 else result.iwae, np.float64)
+        return bounds + np.array([len(s) for s in seqs], np.float64) * log_density_offset(self.data_info)
 
     def sample(self, num_samples: int = 4, num_steps: int = 400, *, seed: int = 0,
                temperature: float = 1.0) -> np.ndarray:
-        """Draws ``[num_samples, num_steps, D]`` from the model (its cached generator where it has one)."""
+        """Draws ``[num_samples, num_steps, D]`` from the model (its cached generator where it has one), in the
+        data's units."""
         import tensorflow as tf
 
         integer_at_least("num_samples", num_samples)
         integer_at_least("num_steps", num_steps)
-        return self.model.generate(int(num_samples), int(num_steps), tf.constant([int(seed), 0], tf.int32),
-                                   float(temperature)).numpy()
+        return self.to_data_units(self.model.generate(int(num_samples), int(num_steps),
+                                                      tf.constant([int(seed), 0], tf.int32),
+                                                      float(temperature)).numpy())
 
     def continue_sequences(self, prefixes: Sequence, num_steps: int, *, seed: int = 0,
                            temperature: float = 1.0) -> np.ndarray:
-        """The ``num_steps`` steps that follow each prefix (``[T_i, D]`` arrays of any lengths):
-        ``[len(prefixes), num_steps, D]``. Latents the prefix covers come from the posterior."""
+        """The ``num_steps`` steps that follow each prefix (``[T_i, D]`` arrays of any lengths, data units):
+        ``[len(prefixes), num_steps, D]`` in data units. Latents the prefix covers come from the posterior."""
         import tensorflow as tf
 
-        prefixes = self._as_list(prefixes, "prefixes")
+        prefixes = self.to_model_units(self._as_list(prefixes, "prefixes"))
         integer_at_least("num_steps", num_steps)
         lengths = np.array([len(p) for p in prefixes], np.int32)
         padded = np.zeros([len(prefixes), int(lengths.max()), prefixes[0].shape[-1]], np.float32)
         for i, p in enumerate(prefixes):
             padded[i, :len(p)] = p
-        return self.model.continue_sequences(padded, lengths, int(num_steps), tf.constant([int(seed), 0], tf.int32),
-                                             float(temperature)).numpy()
+        return self.to_data_units(self.model.continue_sequences(
+            padded, lengths, int(num_steps), tf.constant([int(seed), 0], tf.int32), float(temperature)).numpy())
 
     def evaluate(self, split: str = "test", *, iw_samples: int = 16, max_sequences: int = 0, seed: int = 0,
                  batch_size: int = 16, fivo_particles: Optional[int] = None, write: bool = False) -> dict:
@@ -111,8 +144,9 @@ class LoadedRun:
                                        checkpoint=self.checkpoint, data_dir=self._data_dir, write=write)
 
     def save_samples(self, x, stem, *, prefix_steps: int = 0) -> str:
-        """Writes samples ``x`` [N, T, D] as ``stem.npz`` plus the run's own format (PNG for handwriting and
-        binary data, WAV for audio); with ``prefix_steps``, the first that many steps of each row are drawn as
+        """Writes samples ``x`` [N, T, D] (data units, as :meth:`sample` returns them) as ``stem.npz`` plus the
+        run's own format (PNG for handwriting and binary data, WAV for audio, CSV / .npy / .mid and a PNG for a
+        user's own data); with ``prefix_steps``, the first that many steps of each row are drawn as
         the given prefix (another colour). Returns the main file's path."""
         import os
 
@@ -121,7 +155,7 @@ class LoadedRun:
         folder = os.path.dirname(str(stem))
         if folder:
             os.makedirs(folder, exist_ok=True)
-        return str(samples.save_samples(np.asarray(x), self.kind,
+        return str(samples.save_samples(self.to_model_units(np.asarray(x)), self.kind,
                                         self.config.get("data_info", {}), str(stem), prefix_steps=prefix_steps))
 
     @staticmethod

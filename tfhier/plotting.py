@@ -138,3 +138,30 @@ def figure_to_rgba(fig) -> np.ndarray:
     canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def channels_figure(seqs: Sequence, names: Optional[Sequence[str]] = None, prefix_steps: int = 0,
+                    titles: Optional[Sequence[str]] = None) -> Figure:
+    """One row per sequence (``[T, D]`` arrays in the data's units), every channel a line over time, named in
+    the legend (``names``, else ``channel 0..D-1``); a vertical line where a given prefix ends."""
+    if len(seqs) == 0:
+        raise ValueError("channels_figure: no sequences to draw")
+    fig = Figure(figsize=(FIGURE_WIDTH_IN, 1.3 * ROW_HEIGHT_IN * len(seqs)))
+    FigureCanvasAgg(fig)
+    for row, seq in enumerate(seqs):
+        seq = np.asarray(seq)
+        ax = fig.add_subplot(len(seqs), 1, row + 1)
+        labels = list(names) if names else [f"channel {d}" for d in range(seq.shape[1])]
+        for d in range(seq.shape[1]):
+            ax.plot(np.arange(len(seq)), seq[:, d], linewidth=1.0, label=labels[d] if d < len(labels) else None)
+        if prefix_steps:
+            ax.axvline(prefix_steps - 0.5, color=PREFIX_COLOR, linewidth=1.5)
+        if titles is not None:
+            ax.set_title(titles[row], fontsize=9)
+        ax.margins(x=0)
+        if row == 0 and seq.shape[1] <= 12:
+            ax.legend(loc="upper right", fontsize=7, ncol=min(6, seq.shape[1]))
+        if row == len(seqs) - 1:
+            ax.set_xlabel("time step")
+    fig.tight_layout()
+    return fig

@@ -11,8 +11,8 @@ with) and ``R/checkpoints/ckpt-N``.
   ``tf.train.Checkpoint(model=model)`` alone is NOT enough for a Keras 3 model
   that keeps layers in Python lists (MS-STCN): see :func:`restore_model_weights`.
 * :func:`load_run_data` reloads the run's dataset with the data flags of
-  ``flags.cfg`` (``--dataset``, ``--data_dir``, ``--seed``, ``--sample_rate``,
-  ``--frame_width``, ``--num_lines``, ``--synthetic_setting``) and checks that
+  ``flags.cfg`` (``--dataset``, ``--data_dir``, ``--seed`` and the source's own
+  options, :mod:`tfhier.data.sources`) and checks that
   its facts (feature size, ``data_info``) equal the ones saved at training time.
 * :func:`load_run` does both.
 
@@ -32,15 +32,13 @@ from typing import Optional
 import numpy as np
 
 from tfhier.data.base import SequenceData
+from tfhier.data.units import LIST_FACTS
 
 # TensorFlow is imported by the functions that use it: run_dir_problem() lets the command lines refuse a bad
 # --run_dir before the seconds that importing TensorFlow takes.
 
-#: ``train.py`` flags that decide the data, and the ``load_dataset`` argument each sets
-DATA_FLAGS = {"dataset": "name", "data_dir": "data_dir", "seed": "seed", "sample_rate": "sample_rate",
-              "frame_width": "frame_width", "num_lines": "num_lines", "synthetic_setting": "setting",
-              "offset_scale": "offset_scale", "framing": "framing"}
-_INT_DATA_FLAGS = ("seed", "sample_rate", "frame_width", "num_lines")
+#: ``train.py`` flags that decide the data besides each source's own options (:mod:`tfhier.data.sources`)
+DATA_FLAGS = ("dataset", "data_dir", "seed")
 
 
 class RunError(ValueError):
@@ -242,31 +240,43 @@ def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict]
 
 
 def data_options(run_dir, config: Optional[dict] = None, flags: Optional[dict] = None, **overrides) -> dict:
-    """``load_dataset`` keyword arguments for the run's data, from flags.cfg and ``overrides``.
+    """``load_dataset`` arguments for the run's data (``name``, ``data_dir``, ``seed`` and the source's options,
+    by flag name), from flags.cfg and ``overrides``.
 
-    Flags absent from flags.cfg (or a run without one) take ``load_dataset``'s
-    defaults, which are ``train.py``'s; ``--dataset`` falls back to config.json.
-    ``overrides`` (by flag name, e.g. ``data_dir='/new/place'``) win when not None.
+    Flags absent from flags.cfg (or a run without one) take the source's defaults, which are ``train.py``'s;
+    ``--dataset`` falls back to config.json.  ``overrides`` (by flag name, e.g. ``data_dir='/new/place'``)
+    win when not None.
     """
+    from tfhier.data import DataError, all_sources, get_source
+
     config = config or read_config(run_dir)
     flags = read_flags(run_dir) if flags is None else flags
-    values = {k: flags[k] for k in DATA_FLAGS if k in flags}
-    values.setdefault("dataset", config["dataset"])
-    for name, value in overrides.items():
-        if name not in DATA_FLAGS:
-            raise TypeError(f"unknown data option {name!r}; expected one of {sorted(DATA_FLAGS)}")
-        if value is not None:
-            values[name] = value
-    options = {}
-    for name, value in values.items():
-        if name in _INT_DATA_FLAGS:
-            try:
-                value = int(value)
-            except (TypeError, ValueError):
-                raise RunError(f"{run_dir}/flags.cfg: --{name} must be an integer, got {value!r}") from None
-        elif name == "data_dir" and value in ("", "None"):
-            value = None
-        options[DATA_FLAGS[name]] = value
+    known = set(DATA_FLAGS) | {o.name for source in all_sources() for o in source.options}
+    for name in overrides:
+        if name not in known:
+            raise TypeError(f"unknown data option {name!r}; expected one of {sorted(known)}")
+    name = overrides.get("dataset") or flags.get("dataset") or config["dataset"]
+    try:
+        source = get_source(name)
+    except DataError as e:
+        raise RunError(f"{run_dir}: {e}") from None
+    values = {}
+    for key in ("data_dir", "seed") + tuple(o.name for o in source.options):
+        if overrides.get(key) is not None:
+            values[key] = overrides[key]
+        elif key in flags:
+            values[key] = flags[key]
+    options = {"name": name}
+    try:
+        options["seed"] = int(values.pop("seed", 0))
+    except (TypeError, ValueError):
+        raise RunError(f"{run_dir}/flags.cfg: --seed must be an integer, got {flags.get('seed')!r}") from None
+    data_dir = values.pop("data_dir", None)
+    options["data_dir"] = None if data_dir in ("", "None") else data_dir
+    try:
+        options.update(source.resolve(values))
+    except DataError as e:
+        raise RunError(f"{run_dir}/flags.cfg: {e}") from None
     return options
 
 
@@ -278,6 +288,8 @@ def jsonable_info(info: dict) -> dict:
             v = v.item()
         if isinstance(v, (int, float, str, bool)):
             out[k] = v
+        elif k in LIST_FACTS:  # per-channel facts of a user's own data (tfhier.data.units)
+            out[k] = [x.item() if isinstance(x, np.generic) else x for x in v]
     return out
 
 

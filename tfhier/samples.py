@@ -3,7 +3,10 @@
 What a sample looks like depends on the data kind (see
 :class:`tfhier.data.base.SequenceData`): handwriting becomes a PNG of pen
 strokes, audio a WAV file, binary data (piano rolls, MNIST) an image; every
-kind is also saved as ``.npz`` in model space.
+kind is also saved as ``.npz`` in model space.  A user's own data (``info['format']``, see
+:mod:`tfhier.data.own` and :mod:`tfhier.data.midi`) are also written back in their own format and units:
+one CSV (with the data's header and delimiter) or ``.npy`` per sample plus a PNG plotting each channel over
+time, or one ``.mid`` per sample plus the piano-roll image.
 """
 
 from __future__ import annotations
@@ -32,6 +35,17 @@ def save_samples(x, kind, info, stem, prefix_steps: int = 0):
     """
     x = np.asarray(x)
     atomic_write(stem + ".npz", lambda p: np.savez(p, samples=x, prefix_steps=np.int64(prefix_steps)))
+    fmt = info.get("format")
+    if fmt in ("csv", "npy", "npz") and kind != "binary":
+        return save_in_data_format(x, info, stem, prefix_steps)
+    if fmt in ("csv", "npy", "npz"):
+        save_in_data_format(x, info, stem, prefix_steps)  # and the image of binary data below
+    if fmt == "midi":
+        from tfhier.data.midi import roll_to_midi
+
+        for i, roll in enumerate(x):
+            roll_to_midi(roll, f"{stem}_{i}.mid", int(info.get("steps_per_beat", 4)),
+                         float(info.get("frame_rate", 0.0)))
     if kind == "handwriting":
         return str(plotting.save_handwriting_png(list(x), stem + ".png", float(info.get("offset_scale", 1.0)),
                                                  prefix_steps=prefix_steps))
@@ -59,6 +73,27 @@ def save_samples(x, kind, info, stem, prefix_steps: int = 0):
     return stem + ".npz"
 
 
+def save_in_data_format(x, info, stem, prefix_steps: int = 0) -> str:
+    """Samples ``x`` [N, T, D] (model units) in the data's units and file format: ``stem_<i>.csv`` (the data's
+    header and delimiter) or ``stem_<i>.npy``, plus ``stem.png`` plotting each channel over time. Returns the
+    PNG's path."""
+    from tfhier.data.units import to_data_units
+
+    y = to_data_units(x, info)
+    names = info.get("channel_names")
+    if info.get("format") == "csv":
+        delimiter = info.get("csv_delimiter", ",")
+        for i, seq in enumerate(y):
+            lines = [delimiter.join(names)] if names else []
+            lines += [delimiter.join(f"{v:.9g}" for v in row) for row in seq]
+            atomic_write(f"{stem}_{i}.csv", "\n".join(lines) + "\n")
+    else:
+        for i, seq in enumerate(y):
+            atomic_write(f"{stem}_{i}.npy", lambda p, a=np.asarray(seq, np.float32): np.save(p, a))
+    fig = plotting.channels_figure(list(y), names, prefix_steps, titles=[f"sample {i}" for i in range(len(y))])
+    return atomic_write(stem + ".png", lambda p: fig.savefig(p, format="png"))
+
+
 def summarize_samples(x, kind, info, max_outputs=4):
     """Writes samples to the default TensorBoard writer (images for handwriting/binary, audio for audio)."""
     x = np.asarray(x)[:max_outputs]
@@ -70,6 +105,11 @@ def summarize_samples(x, kind, info, max_outputs=4):
         waves = waves / np.maximum(1.0, np.max(np.abs(waves), axis=1, keepdims=True))
         tf.summary.audio("samples/audio", waves[..., None].astype(np.float32), int(info["sample_rate"]),
                          max_outputs=max_outputs)
+    elif kind == "real" and info.get("format") in ("csv", "npy", "npz"):
+        from tfhier.data.units import to_data_units
+
+        fig = plotting.channels_figure(list(to_data_units(x, info)), info.get("channel_names"))
+        tf.summary.image("samples/channels", plotting.figure_to_rgba(fig)[None], max_outputs=1)
     elif kind == "binary":
         tf.summary.image("samples/binary", np.transpose(x, (0, 2, 1))[..., ::-1, :, None].astype(np.float32),
                          max_outputs=max_outputs)

@@ -7,7 +7,7 @@ serves the highest integer version and ignores other folder names)::
 
     <version>/saved_model.pb, variables/      the SavedModel (tag "serve")
     <version>/assets.extra/config.json        the run's config.json
-    <version>/assets.extra/tfhier_export.json model name, version, signatures, limits, data facts
+    <version>/assets.extra/tfhier_export.json model name, version, signatures, limits, data facts, units
 
 Signatures (built with ``keras.export.ExportArchive``; all randomness is
 stateless, drawn from the ``seed`` input, so a request is reproducible)::
@@ -33,6 +33,11 @@ constants from the declared shape.  Every check runs before any tensor sized
 by ``num_steps`` or ``num_samples`` is allocated: the model (and each later
 check) reads the inputs only through Identity ops that carry control
 dependencies on the checks made so far (:class:`Checks` says why it is done so).
+
+Units: for a run on a user's own data trained with ``--standardize`` (:mod:`tfhier.data.units`), ``x``,
+``prefix``, ``samples`` and ``continuations`` are in the data's own units (the standardisation is part of
+the graph) and ``elbo`` / ``nll`` are densities of the data in those units; ``tfhier_export.json`` says so
+(``"units": "data"``).  Every other export speaks the model's units (``"units": "model"``).
 
 Padding: a batch of ``x`` (or ``prefix``) rows of different lengths is padded
 to the longest; ``lengths`` says how many steps of each row are real.  Padded
@@ -201,8 +206,35 @@ CONTINUE_SPECS = dict(prefix="float32", prefix_lengths="int32", num_steps="int32
                       temperature="float32")
 
 
-def score_fn(model):
-    """The ``serving_default`` function: ``(x, lengths, seed) -> {elbo, nll, kl, num_steps}``."""
+class DataUnits:
+    """The per-channel standardisation a run's data went through (:mod:`tfhier.data.units`), applied inside the
+    signatures so that they take and return the data's own units; ``None`` stands for none."""
+
+    def __init__(self, mean, std):
+        import numpy as np
+
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        #: added once per step to a log-density in model units gives one in data units
+        self.log_density_offset = float(-np.sum(np.log(self.std.astype(np.float64))))
+
+    @classmethod
+    def of(cls, data_info: dict):
+        from tfhier.data.units import standardization
+
+        stats = standardization(data_info)
+        return None if stats is None else cls(*stats)
+
+    def to_model(self, x):
+        return (x - tf.constant(self.mean)) / tf.constant(self.std)
+
+    def to_data(self, x):
+        return x * tf.constant(self.std) + tf.constant(self.mean)
+
+
+def score_fn(model, units: Optional[DataUnits] = None):
+    """The ``serving_default`` function: ``(x, lengths, seed) -> {elbo, nll, kl, num_steps}``; with ``units``,
+    ``x`` in the data's units and ``elbo``, ``nll`` densities of the data in those units."""
     dim = model.input_dim
 
     def score(x, lengths, seed):
@@ -211,14 +243,19 @@ def score_fn(model):
         seed = check_seed(checks, seed)
         x, lengths, seed = checks.gate(x, lengths, seed)
         mask = tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float32)
-        out = model.score(x, mask, seed)
-        return {"elbo": out["elbo"], "nll": out["nll"], "kl": out["kl"], "num_steps": out["num_steps"]}
+        if units is None:
+            out = model.score(x, mask, seed)
+            return {"elbo": out["elbo"], "nll": out["nll"], "kl": out["kl"], "num_steps": out["num_steps"]}
+        out = model.score(units.to_model(x), mask, seed)
+        shift = out["num_steps"] * units.log_density_offset
+        return {"elbo": out["elbo"] + shift, "nll": out["nll"] - shift, "kl": out["kl"], "num_steps": out["num_steps"]}
 
     return score
 
 
-def sample_fn(model, limits: Limits):
-    """The ``sample`` function: ``(num_samples, num_steps, seed, temperature) -> {samples}``."""
+def sample_fn(model, limits: Limits, units: Optional[DataUnits] = None):
+    """The ``sample`` function: ``(num_samples, num_steps, seed, temperature) -> {samples}`` (in the data's
+    units with ``units``)."""
 
     def sample(num_samples, num_steps, seed, temperature):
         checks = Checks()
@@ -228,13 +265,15 @@ def sample_fn(model, limits: Limits):
         seed = check_seed(checks, seed)
         temperature = check_temperature(checks, temperature)
         num_samples, num_steps, seed, temperature = checks.gate(num_samples, num_steps, seed, temperature)
-        return {"samples": model.generate(num_samples, num_steps, seed, temperature)}
+        samples = model.generate(num_samples, num_steps, seed, temperature)
+        return {"samples": samples if units is None else units.to_data(samples)}
 
     return sample
 
 
-def continue_fn(model, limits: Limits):
-    """The ``continue`` function: ``(prefix, prefix_lengths, num_steps, seed, temperature) -> {continuations}``."""
+def continue_fn(model, limits: Limits, units: Optional[DataUnits] = None):
+    """The ``continue`` function: ``(prefix, prefix_lengths, num_steps, seed, temperature) -> {continuations}``
+    (prefix and continuations in the data's units with ``units``)."""
     dim = model.input_dim
 
     def continue_(prefix, prefix_lengths, num_steps, seed, temperature):
@@ -247,13 +286,17 @@ def continue_fn(model, limits: Limits):
         temperature = check_temperature(checks, temperature)
         prefix, prefix_lengths, num_steps, seed, temperature = checks.gate(
             prefix, prefix_lengths, num_steps, seed, temperature)
-        return {"continuations": model.continue_sequences(prefix, prefix_lengths, num_steps, seed, temperature)}
+        if units is not None:
+            prefix = units.to_model(prefix)
+        out = model.continue_sequences(prefix, prefix_lengths, num_steps, seed, temperature)
+        return {"continuations": out if units is None else units.to_data(out)}
 
     return continue_
 
 
-def build_archive(model, limits: Limits = Limits()):
-    """A ``keras.export.ExportArchive`` with the module's signatures for a built ``model``.
+def build_archive(model, limits: Limits = Limits(), units: Optional[DataUnits] = None):
+    """A ``keras.export.ExportArchive`` with the module's signatures for a built ``model`` (speaking the data's
+    units with ``units``).
 
     ``serving_default`` (scoring) is added first.  Every model has ``continue``:
     :class:`tfhier.models.base.SequenceModel` gives all of them ``continue_sequences``.
@@ -264,9 +307,9 @@ def build_archive(model, limits: Limits = Limits()):
     archive = keras.export.ExportArchive()
     archive.track(model)
     # The first endpoint becomes serving_default; naming it so makes that explicit in the SignatureDefs.
-    archive.add_endpoint("serving_default", score_fn(model), input_signature=_specs(**SCORE_SPECS))
-    archive.add_endpoint("sample", sample_fn(model, limits), input_signature=_specs(**SAMPLE_SPECS))
-    archive.add_endpoint("continue", continue_fn(model, limits), input_signature=_specs(**CONTINUE_SPECS))
+    archive.add_endpoint("serving_default", score_fn(model, units), input_signature=_specs(**SCORE_SPECS))
+    archive.add_endpoint("sample", sample_fn(model, limits, units), input_signature=_specs(**SAMPLE_SPECS))
+    archive.add_endpoint("continue", continue_fn(model, limits, units), input_signature=_specs(**CONTINUE_SPECS))
     return archive
 
 
@@ -302,9 +345,10 @@ def signature_info(model, limits: Limits) -> dict:
     }
 
 
-def write_saved_model(model, path, limits: Limits = Limits(), extra_files: Optional[dict] = None):
+def write_saved_model(model, path, limits: Limits = Limits(), extra_files: Optional[dict] = None,
+                      units: Optional[DataUnits] = None):
     """Writes ``model``'s SavedModel to ``path`` (a new directory) plus ``assets.extra/<name>`` text files."""
-    archive = build_archive(model, limits)
+    archive = build_archive(model, limits, units)
     archive.write_out(str(path), verbose=False)
     if extra_files:
         extra = os.path.join(str(path), ASSETS_EXTRA)
@@ -416,6 +460,7 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
         limits = dataclasses.replace(limits, max_steps=DEFAULT_MAX_STEPS if model.has_cached_generator else
                                      min(DEFAULT_MAX_STEPS, NAIVE_MAX_STEPS))
     limits.validate()
+    units = DataUnits.of(config.get("data_info", {}))
     problem = naive_generation_problem(model, limits.max_steps, "the sample and continue signatures drawing")
     if problem:
         raise ExportError(f"{problem}: give --max_steps <= the limit")
@@ -439,6 +484,12 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
         "latent_layers": list(model.latent_layer_names),
         "time_multiple": int(model.time_multiple),
         "xla_generation": model.xla_generation,
+        "units": "data" if units is not None else "model",
+        "units_note": ("x, prefix, samples and continuations are in the data's own units; the signatures "
+                       "standardise inputs with data_info's channel_mean and channel_std and map outputs back; "
+                       "elbo and nll are densities of the data in its units" if units is not None else
+                       "the signatures take and return the values the model was trained on (data_info says how "
+                       "they relate to the raw data)"),
         "limits": dataclasses.asdict(limits),
         "signatures": signature_info(model, limits),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -451,7 +502,7 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
         write_saved_model(model, saved, limits, extra_files={
             "config.json": json.dumps(config, indent=2) + "\n",
             EXPORT_INFO_FILE: json.dumps(info, indent=2) + "\n",
-        })
+        }, **({"units": units} if units is not None else {}))
         if os.path.lexists(version_dir):  # appeared while we were writing
             raise ExportError(f"{version_dir} appeared during the export: refusing to overwrite it")
         os.rename(saved, version_dir)
@@ -462,6 +513,6 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
 
 
 __all__ = ["ASSETS_EXTRA", "DEFAULT_MAX_SAMPLES", "DEFAULT_MAX_STEPS", "EXPORT_INFO_FILE", "ExportError",
-           "ExportResult", "Limits", "SIGNATURE_NAMES", "build_archive", "check_model_name", "existing_versions",
+           "DataUnits", "ExportResult", "Limits", "SIGNATURE_NAMES", "build_archive", "check_model_name", "existing_versions",
            "export_run", "plan_export", "sanitize_model_name", "signature_info",
            "write_saved_model"]

@@ -245,6 +245,10 @@ def sample_saved_model(samples_lib):
         sys.exit(f"{PROG}: error: the export refused the request: {reason}")
     x = x["samples"].numpy()
     seconds = time.perf_counter() - start
+    if info.get("units") == "data":  # save_samples maps model units to the data's units itself
+        from tfhier.data.units import to_model_units
+
+        x = to_model_units(x, info.get("data_info", {}))
     main_path = samples_lib.save_samples(x, info.get("kind") or "real", info.get("data_info", {}), FLAGS.out)
     meta = {"saved_model": FLAGS.saved_model, "signature": "sample", "num_samples": FLAGS.num_samples,
             "num_steps": FLAGS.num_steps, "seed": [FLAGS.seed, 0], "temperature": FLAGS.temperature,

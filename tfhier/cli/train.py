@@ -18,7 +18,8 @@ prepare(__name__)  # python -m tfhier.cli.train: filter stderr before TensorFlow
 
 from absl import flags, logging  # noqa: E402
 
-from tfhier.data import DATASETS  # noqa: E402
+from tfhier.data import DATASETS, all_sources  # noqa: E402
+from tfhier.data import sources as data_sources  # noqa: E402
 from tfhier.models import MODELS  # noqa: E402
 from tfhier.models import define_flags as define_model_flags  # noqa: E402
 from tfhier.objectives import KL_REGULARIZERS, OBJECTIVES  # noqa: E402
@@ -28,9 +29,10 @@ FLAGS = flags.FLAGS
 # What and where.
 flags.DEFINE_enum("model", "msstcn", sorted(MODELS), "Model to train: " + "; ".join(
     f"{name}: {cls.DESCRIPTION}" for name, cls in sorted(MODELS.items())) + ".")
-flags.DEFINE_enum("dataset", "hershey", list(DATASETS), "Data source (hershey is embedded: no download).")
-flags.DEFINE_string("data_dir", None, "Downloaded data: a directory (iam_ondb, audio) or file (polyphonic pickle, "
-                    "mnist npz).")
+flags.DEFINE_enum("dataset", "hershey", list(DATASETS), "Data source: " + "; ".join(
+    f"{s.name}: {s.description}" for s in all_sources()) + ".")
+flags.DEFINE_string("data_dir", None, "The data: " + "; ".join(
+    f"{s.name}: {s.data_dir}" for s in all_sources() if s.data_dir) + ".")
 flags.DEFINE_string("run_dir", "runs/demo", "Checkpoints, TensorBoard logs, flags and samples go here.")
 
 # Training.
@@ -98,26 +100,89 @@ flags.DEFINE_enum("verbose", "auto", ["auto", "0", "1", "2"],
                   "Console: 1 a live line, 2 one line per validation interval (log files), 0 nothing; auto: 1 on a "
                   "terminal, else 2.")
 
-# Data options.
-flags.DEFINE_integer("sample_rate", 16000, "audio: resample to this rate (Hz).")
-flags.DEFINE_integer("frame_width", 200, "audio: waveform samples per time step.")
-flags.DEFINE_integer("num_lines", 2000, "hershey: training lines to render.")
-flags.DEFINE_string("synthetic_setting", "train", "vhrnn_synthetic: which test setting forms the test split.")
-flags.DEFINE_enum("offset_scale", "std", ["std", "chung2015"], "iam_ondb: divide offsets by the pooled std of dx, dy "
-                  "(std) or by the MS-STCN authors' X_std (chung2015, ~sqrt(2) x std: log-likelihood bounds per step "
-                  "2 ln(ratio) ~ 0.69 nats higher for the same model).")
-flags.DEFINE_enum("framing", "consecutive", ["consecutive", "authors"], "audio: consecutive samples in a step (the "
-                  "papers) or the MS-STCN authors' channels-first reshape of each 0.5 s row.")
-
 flags.DEFINE_string("model_config", None, "Model hyperparameters as a JSON object (or the path of a JSON file), "
                     "e.g. '{\"channels\": [32, 32]}'; overrides the model flags below.")
+
+# Data options: each source declares its own (SOURCE.options in tfhier/data/*.py); a source's flag given to another
+# source is an error.
+#: the module absl files this script's flags under (the script's path when it runs as __main__)
+FLAGS_MODULE = sys.argv[0] if __name__ == "__main__" else __name__
+DATA_OPTIONS = data_sources.define_flags(all_sources(), FLAGS, module_name=FLAGS_MODULE,
+                                         reserved={name for name in FLAGS})
 
 # Model hyperparameters: each model declares its own (tfhier/models/*.py HPARAMS); a flag shared by several models
 # means the same in each. A model's flag given to a model that does not use it is an error.
 _OWN_FLAGS = {name for name in FLAGS}
-#: the module absl files this script's flags under (the script's path when it runs as __main__)
-FLAGS_MODULE = sys.argv[0] if __name__ == "__main__" else __name__
 define_model_flags(FLAGS, module_name=FLAGS_MODULE, reserved=_OWN_FLAGS)
+
+
+#: train.py --help: the flags by what they are for (data sources' and models' own flags are added by declaration;
+#: a flag in no group is listed under "other")
+HELP_GROUPS = (
+    ("run: what to train, on what, where", ("model", "dataset", "data_dir", "run_dir", "model_config",
+                                            "allow_data_change")),
+    ("training", ("train_steps", "batch_size", "seq_len", "learning_rate", "lr_decay_steps", "lr_decay_rate",
+                  "clip_norm", "weight_decay", "adam_epsilon", "seed", "patience", "jit_compile",
+                  "mixed_precision", "max_nonfinite_steps")),
+    ("objective", ("objective", "num_particles", "resampling_threshold", "kl_regularizer", "free_bits",
+                   "free_bits_halving_steps", "beta_start", "anneal_steps")),
+    ("devices", ("strategy", "cpu_devices")),
+    ("logging, checkpoints and samples", ("eval_every", "eval_batches", "log_every", "checkpoint_every",
+                                          "checkpoint_secs", "sample_every", "num_samples", "sample_steps",
+                                          "verbose")),
+)
+
+
+def _model_families() -> list:
+    """``[(title, flag names)]``: model hyperparameter flags grouped by the models that use them."""
+    from tfhier.models.hparams import flag_table
+
+    by_users = {}
+    for name, (_, defaults) in flag_table(MODELS).items():
+        by_users.setdefault(tuple(sorted(defaults)), []).append(name)
+    ordered = sorted(by_users.items(), key=lambda kv: (-len(kv[0]), kv[0]))
+    return [("models: " + (", ".join(users) if len(users) < len(MODELS) else "all"), sorted(names))
+            for users, names in ordered]
+
+
+def help_text() -> str:
+    """``--help``: the flags in groups (run, training, objective, devices, logging, each data source, each
+    model family), each with its help and default."""
+    import textwrap
+
+    own = {f.name: f for f in FLAGS.get_key_flags_for_module(FLAGS_MODULE)}
+    groups = [(title, list(names)) for title, names in HELP_GROUPS]
+    groups += [(f"data source --dataset={s.name}: {s.description}", [o.name for o in s.options])
+               for s in all_sources() if s.options]
+    groups += _model_families()
+    listed = {n for _, names in groups for n in names}
+    rest = sorted(n for n in own if n not in listed)
+    if rest:
+        groups.append(("other", rest))
+    out = [(sys.modules["__main__"].__doc__ or __doc__).strip(), ""]
+    for title, names in groups:
+        out.append(f"{title}:")
+        for name in names:
+            flag = own.get(name)
+            if flag is None:
+                continue
+            default = "" if flag.default is None else f" (default: {flag.default_as_str or repr('')})"
+            out.append(textwrap.fill(f"--{name}: {flag.help}{default}", width=110, initial_indent="  ",
+                                     subsequent_indent="      "))
+        out.append("")
+    out.append("Also: --flagfile=FILE (flags from a file, one per line), --verbosity, --helpfull (every flag of "
+               "every module).")
+    return "\n".join(out) + "\n"
+
+
+def parse_flags(argv):
+    """absl's parsing, with ``--help`` / ``-h`` / ``--helpshort`` printing the grouped :func:`help_text`."""
+    from absl import app
+
+    if any(a in ("--help", "-h", "-?", "--helpshort", "--nohelp=false") for a in argv[1:]):
+        sys.stdout.write(help_text())
+        sys.exit(0)
+    return app.parse_flags_with_usage(argv)
 
 
 def flags_text() -> str:
@@ -140,7 +205,7 @@ def main(argv):
 
     begin("train.py", argv)
     from tfhier import training
-    from tfhier.data import DataError, dataset_shape, load_dataset
+    from tfhier.data import DataError, dataset_shape, get_source, load_dataset
 
     quiet_tensorflow_logging()  # TF's INFO lines drown the progress bar; --verbosity=0 brings them back
 
@@ -159,14 +224,20 @@ def main(argv):
             if given:
                 raise ValueError(f"--{given[0]} is a setting of --objective=elbo; --objective={settings.objective} "
                                  f"does not use it")
-        kind, feature_dim = dataset_shape(FLAGS.dataset, FLAGS.frame_width)
+        source = get_source(FLAGS.dataset)
+        data_options = data_sources.options_from_flags(source, DATA_OPTIONS, FLAGS)
+        data = None
+        if source.shape == "data":  # the files decide the kind and size: read them first
+            data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, strict=True, **data_options)
+            kind, feature_dim = data.kind, data.feature_dim
+        else:
+            kind, feature_dim = dataset_shape(FLAGS.dataset, data_dir=FLAGS.data_dir, strict=True, **data_options)
         model_config = model_config_from_flags(feature_dim, kind)
         from tfhier.models import build_model
 
         training.make_objective(settings).check(build_model(FLAGS.model, feature_dim, model_config))
-        data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, sample_rate=FLAGS.sample_rate,
-                            frame_width=FLAGS.frame_width, num_lines=FLAGS.num_lines,
-                            setting=FLAGS.synthetic_setting, offset_scale=FLAGS.offset_scale, framing=FLAGS.framing)
+        if data is None:
+            data = load_dataset(FLAGS.dataset, FLAGS.data_dir, seed=FLAGS.seed, strict=True, **data_options)
         print(f"{FLAGS.dataset}: {len(data.train)} train / {len(data.valid)} valid / {len(data.test)} test "
               f"sequences of {data.feature_dim}-d steps", flush=True)
         model_config["noise_seed"] = FLAGS.seed

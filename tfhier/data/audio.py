@@ -68,6 +68,7 @@ import scipy.signal
 import soundfile as sf
 
 from tfhier.data.base import DataError, SequenceData
+from tfhier.data.sources import DataOption, DataSource
 
 logger = logging.getLogger(__name__)
 
@@ -350,3 +351,17 @@ def frames_to_waveform(frames: Any, info: dict) -> np.ndarray:
         f = np.swapaxes(f, -1, -2)  # [..., W, T]: the row's blocks in order
     wave = f.reshape(*f.shape[:-2], f.shape[-2] * f.shape[-1])
     return (wave * float(info["std"]) + float(info["mean"])).astype(np.float32)
+
+
+def _load(data_dir, seed, *, sample_rate, frame_width, framing):
+    return load_audio(data_dir, sample_rate=sample_rate, frame_width=frame_width, seed=seed, framing=framing)
+
+
+SOURCE = DataSource(
+    name="audio", description="a folder of audio files (WAV, FLAC, ...) as frames of waveform samples",
+    load=_load, shape=lambda options: ("audio", int(options["frame_width"])),
+    data_dir="a folder of audio files",
+    options=(DataOption("sample_rate", "int", 16000, "resample to this rate (Hz)."),
+             DataOption("frame_width", "int", 200, "waveform samples per time step."),
+             DataOption("framing", "str", "consecutive", "consecutive samples in a step (the papers) or the MS-STCN "
+                        "authors' channels-first reshape of each 0.5 s row.", choices=FRAMINGS)))

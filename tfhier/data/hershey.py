@@ -17,6 +17,7 @@ import numpy as np
 from HersheyFonts import HersheyFonts
 
 from tfhier.data.base import SPLITS, DataError, SequenceData
+from tfhier.data.sources import DataOption, DataSource
 from tfhier.data.strokes import apply_offset_scale, offset_scale, points_to_steps
 
 # 'cursive' ships the same glyphs as 'scripts' in HersheyFonts 2.1, so it would
@@ -181,3 +182,13 @@ def _resample(xy: np.ndarray, stroke_sizes: np.ndarray, spacing: float) -> tuple
     at = arc[first][stroke_of] + fraction * stroke_len[stroke_of]
     points = np.stack([np.interp(at, arc, xy[:, 0]), np.interp(at, arc, xy[:, 1])], axis=1)
     return points, index_in_stroke == counts[stroke_of] - 1
+
+
+def _load(data_dir, seed, *, num_lines):
+    return make_hershey_handwriting(num_train=num_lines, seed=seed)
+
+
+SOURCE = DataSource(
+    name="hershey", description="script handwriting rendered from Hershey fonts (embedded: no download)",
+    load=_load, shape=("handwriting", 3),
+    options=(DataOption("num_lines", "int", 2000, "training lines to render."),))

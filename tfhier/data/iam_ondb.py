@@ -51,6 +51,7 @@ import tensorflow as tf
 from absl import logging
 
 from tfhier.data.base import SPLITS, DataError, SequenceData
+from tfhier.data.sources import DataOption, DataSource
 from tfhier.data.strokes import OFFSET_SCALES, apply_offset_scale, offset_scale, points_to_steps
 
 TASK_FILES = {
@@ -230,3 +231,15 @@ def _hash_split(form_ids: list, seed: int) -> dict:
     split_of_form.update({f: "valid" for f in ordered[held_out:2 * held_out]})
     split_of_form.update({f: "train" for f in ordered[2 * held_out:]})
     return split_of_form
+
+
+def _load(data_dir, seed, *, offset_scale):
+    return load_iam_ondb(data_dir, seed=seed, offset_scale_convention=offset_scale)
+
+
+SOURCE = DataSource(
+    name="iam_ondb", description="IAM On-Line Handwriting Database lines (pen offsets and pen-up)",
+    load=_load, shape=("handwriting", 3), data_dir="the IAM-OnDB folder (lineStrokes/ and its split lists)",
+    options=(DataOption("offset_scale", "str", "std", "divide offsets by the pooled std of dx, dy (std) or by the "
+                        "MS-STCN authors' X_std (chung2015, ~sqrt(2) x std: log-likelihood bounds per step "
+                        "2 ln(ratio) ~ 0.69 nats higher for the same model).", choices=OFFSET_SCALES),))

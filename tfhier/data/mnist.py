@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 
 from tfhier.data.base import SPLITS, DataError, SequenceData
+from tfhier.data.sources import DataSource
 
 NUM_PIXELS = 784
 
@@ -89,3 +90,12 @@ def load_binarized_mnist(path: str | os.PathLike, *, limit: Optional[int] = None
     return SequenceData(
         name="mnist", feature_dim=1, kind="binary",
         info={"image_shape": (28, 28), "source": path}, **splits).check()
+
+
+def _load(data_dir, seed):
+    return load_binarized_mnist(data_dir)
+
+
+SOURCE = DataSource(
+    name="mnist", description="binarized MNIST as sequences of 784 pixels", load=_load, shape=("binary", 1),
+    data_dir="the binarized MNIST .npz file")

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from tfhier.data.base import SPLITS, DataError, SequenceData
+from tfhier.data.sources import DataSource
 
 LOWEST_NOTE = 21
 HIGHEST_NOTE = 108
@@ -227,3 +228,12 @@ def load_polyphonic(path: str | os.PathLike) -> SequenceData:
         name="polyphonic", feature_dim=NUM_KEYS, kind="binary",
         info={"source": path, "lowest_note": LOWEST_NOTE, "dataset": dataset},
         **splits).check()
+
+
+def _load(data_dir, seed):
+    return load_polyphonic(data_dir)
+
+
+SOURCE = DataSource(
+    name="polyphonic", description="a Boulanger-Lewandowski polyphonic-music pickle as 88-key piano rolls",
+    load=_load, shape=("binary", 88), data_dir="the pickle file (e.g. JSB_Chorales.pkl)")

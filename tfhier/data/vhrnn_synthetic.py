@@ -76,6 +76,7 @@ from typing import Optional
 import numpy as np
 
 from tfhier.data.base import DataError, SequenceData
+from tfhier.data.sources import DataOption, DataSource
 
 NOISE_LEVELS = (0.25, 1.0, 4.0)
 NUM_MATRICES = 10
@@ -246,3 +247,13 @@ def make_vhrnn_synthetic(setting: str = "train", *, seed: int = 0, seq_len: int 
     })
     return SequenceData(name="vhrnn_synthetic", train=train, valid=valid, test=test,
                         feature_dim=2, kind="real", info=info).check()
+
+
+def _load(data_dir, seed, *, synthetic_setting):
+    return make_vhrnn_synthetic(synthetic_setting, seed=seed)
+
+
+SOURCE = DataSource(
+    name="vhrnn_synthetic", description="the VHRNN paper's synthetic switching sequences (generated: no download)",
+    load=_load, shape=("real", 2),
+    options=(DataOption("synthetic_setting", "str", "train", "which test setting forms the test split."),))
