@@ -89,14 +89,39 @@ def read_config(run_dir) -> dict:
     if problem:
         raise RunError(problem)
     path = os.path.join(str(run_dir), "config.json")
+    return check_config(path, read_config_file(path))
+
+
+def read_config_file(path) -> dict:
+    """The JSON object in ``path`` (a run's ``config.json``); RunError naming the file for anything else."""
+    from tfhier.checks import read_json_object
+
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunError(f"cannot read {path}: {e}") from None
+        return read_json_object(path, path)
+    except ValueError as e:
+        raise RunError(f"{e}; it was not written by tfhier.training") from None
+
+
+def check_config(path, config: dict) -> dict:
+    """``config`` (read from ``path``) if it has what a run's config.json has, by type; RunError otherwise."""
+    from tfhier.checks import hparams_problem, shown
+
     missing = [k for k in ("model", "model_config", "dataset", "feature_dim") if k not in config]
-    if not isinstance(config, dict) or missing:
-        raise RunError(f"{path} lacks {missing or 'a JSON object'}; it was not written by tfhier.training")
+    if missing:
+        raise RunError(f"{path} lacks {missing}; it was not written by tfhier.training")
+    wrong = [(k, t) for k, t in (("model", str), ("model_config", dict), ("dataset", str), ("kind", str),
+                                 ("data_info", dict)) if k in config and not isinstance(config[k], t)]
+    feature_dim = config["feature_dim"]
+    if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or not 1 <= feature_dim <= 1 << 20:
+        wrong.append(("feature_dim", int))
+    if wrong:
+        key, kind = wrong[0]
+        raise RunError(f"{path}: {key} must be a {'JSON object' if kind is dict else kind.__name__}"
+                       f"{' in 1..1048576' if key == 'feature_dim' else ''}, got {shown(config[key])}; it was not "
+                       f"written by tfhier.training")
+    problem = hparams_problem(config["model_config"], source="model_config ")
+    if problem:
+        raise RunError(f"{path}: {problem}")
     return config
 
 

@@ -109,6 +109,9 @@ class TrainSettings:
         if self.kl_regularizer not in objectives.KL_REGULARIZERS:
             raise ValueError(f"--kl_regularizer must be one of {objectives.KL_REGULARIZERS}, got "
                              f"{self.kl_regularizer!r}")
+        from tfhier.checks import check_train_settings  # limits shared with the Python API and evaluation
+
+        check_train_settings(self)
 
 
 def _jsonable(info: dict) -> dict:
@@ -155,12 +158,12 @@ def check_run_dir(run_dir, config, allow_data_change=False) -> bool:
     config_path = os.path.join(run_dir, "config.json")
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     if os.path.exists(config_path):
+        from tfhier.runs import read_config_file  # binary bytes, 5, null: an error naming the file
+
         try:
-            with open(config_path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise RunDirError(f"--run_dir={run_dir}: cannot read {config_path} ({e}); "
-                              f"use a new --run_dir") from None
+            old = read_config_file(config_path)
+        except ValueError as e:
+            raise RunDirError(f"--run_dir={run_dir}: cannot use {config_path} ({e}); use a new --run_dir") from None
         old_id = _saved_identity(old)
         new_id = json.loads(json.dumps({k: config[k] for k in IDENTITY_KEYS}))
         if old_id != new_id:
@@ -274,7 +277,8 @@ def _tf_config_problem(text):
     return None
 
 
-def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.distribute.Strategy]:
+def make_strategy(name: str = "default", cpu_devices: int = 0,
+                  worker_timeout: Optional[float] = None) -> Optional[tf.distribute.Strategy]:
     """The ``tf.distribute`` strategy ``train.py --strategy`` names (None for ``default``: one device).
 
     ``cpu_devices`` > 1 splits the CPU into that many logical devices first
@@ -286,16 +290,13 @@ def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.di
     """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy={name}: expected one of {', '.join(STRATEGIES)}")
-    if int(cpu_devices) < 0:
-        raise ValueError(f"--cpu_devices={cpu_devices}: expected a number of logical CPU devices >= 0")
+    from tfhier import cluster  # TF_CONFIG by type, a bounded and interruptible wait for the workers
+
+    problem = cluster.cpu_devices_problem(name, cpu_devices)
+    if problem:
+        raise ValueError(problem)
     if name == "multi_worker":
-        if int(cpu_devices) > 1:
-            raise ValueError(f"--cpu_devices={cpu_devices}: applies to --strategy=mirrored; under multi_worker each "
-                             f"worker trains on its GPUs or on its one CPU device")
-        problem = _tf_config_problem(os.environ.get("TF_CONFIG"))
-        if problem:
-            raise ValueError(f"--strategy=multi_worker: {problem}")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return cluster.multi_worker_strategy(worker_timeout)
     if int(cpu_devices) > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
@@ -959,11 +960,17 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     if monitor.failed:
         raise FloatingPointError(
             f"training stopped at step {checkpointer.step}: {monitor.consecutive_nonfinite} consecutive non-finite "
-            f"losses; the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")
+            f"losses; {_kept(checkpointer)}")
     if stop.received is not None:
         raise Preempted(stop.received, checkpointer.step, checkpointer.manager.latest_checkpoint)
     if checkpointer.step < settings.train_steps and not early_stop:
         raise FloatingPointError(f"training stopped at step {checkpointer.step}, short of --train_steps="
                                  f"{settings.train_steps} ({monitor.consecutive_nonfinite} non-finite steps at the "
-                                 f"end); the last good checkpoint {checkpointer.manager.latest_checkpoint} was kept")
+                                 f"end); {_kept(checkpointer)}")
     return model, history
+
+
+def _kept(checkpointer) -> str:
+    """What a run that stopped on non-finite losses keeps, for its message."""
+    latest = checkpointer.manager.latest_checkpoint
+    return f"the last good checkpoint {latest} was kept" if latest else "no checkpoint had been written yet"
