@@ -88,11 +88,14 @@ def integer_in(name: str, value, minimum: int, maximum: int, error: type = Value
     return value
 
 
-def seed(name: str, value, error: type = ValueError) -> int:
+def check_seed(name: str, value, error: type = ValueError) -> int:
     """A seed: an integer in [0, 2^31 - 1] (as the command lines take it)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < 2 ** 31:
         raise error(f"{name} must be an integer in [0, 2^31 - 1], got {shown(value)}")
     return int(value)
+
+
+seed = check_seed  # tfhier.checks.seed("seed", value)
 
 
 def temperature(name: str, value, error: type = ValueError) -> float:
@@ -300,3 +303,42 @@ def read_json_object(path, what: str, max_bytes: int = 64 * 2 ** 20) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{what} must hold a JSON object, got {shown(value)} ({type(value).__name__})")
     return value
+
+
+#: the most sequences evaluate.py --plots draws (one figure each)
+MAX_PLOTS = 100
+
+
+def evaluation_problem(iw_samples=16, batch_size=16, iw_chunk=1, fivo_particles=None, plots=0,
+                       max_sequences=0, seed=0) -> Optional[str]:
+    """The first problem with ``evaluate.py``'s numbers (the same for ``LoadedRun.evaluate``), or None."""
+    try:
+        integer_in("--iw_samples", iw_samples, 1, MAX_IW_SAMPLES)
+        integer_in("--iw_chunk", iw_chunk, 1, MAX_PARTICLES)
+        integer_in("--batch_size", batch_size, 1, MAX_BATCH)
+        if fivo_particles is not None:
+            integer_in("--fivo_particles", fivo_particles, 0, MAX_PARTICLES)
+        integer_in("--plots", plots, 0, MAX_PLOTS)
+        integer_at_least("--max_sequences", max_sequences, 0)
+        check_seed("--seed", seed)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def free_space_problem(path, need_bytes: int, what: str) -> Optional[str]:
+    """Why ``need_bytes`` cannot be written in folder ``path`` (or its nearest existing parent): too little free
+    space (a write probe passes on a full disk: an empty file takes no block), or None."""
+    import shutil
+
+    probe = os.path.abspath(os.fspath(path))
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return None  # the write check names an unusable folder
+    if free < need_bytes:
+        return (f"{what}: {free / 2 ** 20:,.1f} MB free in {probe}, less than the {need_bytes / 2 ** 20:,.1f} MB "
+                f"the results need; free some space first")
+    return None

@@ -3,11 +3,12 @@ the other workers, and the logical CPU split limited.
 
 ``tf.distribute.MultiWorkerMirroredStrategy()`` waits inside TensorFlow's C++ runtime until every worker of
 ``TF_CONFIG`` has started; a peer that never starts makes it wait for ever, and while it waits it holds Python's
-interpreter lock, so no Python signal handler (or thread) runs: SIGTERM and SIGINT (Ctrl-C) go unanswered.
-:func:`multi_worker_strategy` therefore gives SIGTERM and SIGINT their default action for the duration of the
-start (the process ends at once, exit status 128 + the signal's number; nothing has been written yet), and a
-small watchdog process (no TensorFlow) ends it when ``timeout`` seconds pass first, after probing every peer
-address with a short TCP connect and printing the addresses that do not answer.
+interpreter lock and has its own SIGTERM handler installed, so SIGTERM and SIGINT (Ctrl-C) go unanswered.
+:func:`multi_worker_strategy` therefore first waits in Python (:func:`wait_for_peers`): it listens on its own
+port and probes every peer's with a short TCP connect until all answer, at most ``--worker_timeout`` seconds,
+then fails naming the addresses that never answered; Ctrl-C and SIGTERM act at once there.  Only with every peer
+up does it start TensorFlow's runtime, which then forms the cluster in seconds; for a peer that dies in that
+window a watchdog process ends the start at the deadline, naming what does not answer.
 
 Nothing here imports TensorFlow at module level: the command lines check ``TF_CONFIG`` and ``--cpu_devices``
 before TensorFlow starts its runtime.
@@ -21,6 +22,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Optional
 
 #: default seconds ``train.py --strategy=multi_worker`` waits for every worker of ``TF_CONFIG`` to start
@@ -100,6 +102,46 @@ def tf_config_problem(text) -> Optional[str]:
     if not 0 <= index < len(cluster[kind]):
         return f"TF_CONFIG's task index {index} is not an index of the {len(cluster[kind])} {kind!r} addresses"
     return None
+
+
+def own_address(text) -> str:
+    """This process's ``host:port`` in a valid ``TF_CONFIG``."""
+    config = json.loads(text)
+    return config["cluster"][config["task"]["type"]][config["task"]["index"]]
+
+
+def wait_for_peers(own: str, peers: list, timeout: float, prog: str = "train.py"):
+    """Listens on this worker's port (so that the others see it started) and waits until every peer's port
+    accepts a connection, at most ``timeout`` seconds; raises ValueError naming the addresses that never answered.
+
+    Python runs here, unlike inside TensorFlow's start: Ctrl-C raises KeyboardInterrupt and SIGTERM ends the
+    process, at any moment. The listening socket is closed (its pending connections reset, no TIME_WAIT on this
+    port) before TensorFlow's server binds the same port.
+    """
+    port = int(own.rpartition(":")[2])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind(("", port))
+            listener.listen(128)
+        except OSError as e:
+            raise ValueError(f"--strategy=multi_worker: this worker cannot listen on port {port} of its TF_CONFIG "
+                             f"address {own} ({e.strerror or e}): is another process using it?") from None
+        deadline = time.monotonic() + timeout
+        pending = list(peers)
+        while True:
+            pending = unreachable(pending, timeout=0.5)
+            if not pending:
+                return
+            if time.monotonic() >= deadline:
+                named = ", ".join(f"{name} at {address}" for name, address in pending)
+                raise ValueError(f"--strategy=multi_worker: the other workers did not all start within "
+                                 f"--worker_timeout={timeout:g} s: nothing answers at {named} (start every worker "
+                                 f"of TF_CONFIG, or raise --worker_timeout); nothing was written")
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    finally:
+        listener.close()
 
 
 def peer_addresses(text) -> list:
@@ -210,9 +252,19 @@ class _BoundedStart:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, signal.SIG_DFL)
+        # stderr's filter (tfhier.quiet) is a Python thread, which cannot run during the wait: TensorFlow's lines
+        # (and its signal handler's) would fill the pipe and block the process. They go to stderr itself meanwhile.
+        sys.stderr.flush()
+        self._saved_stderr = None
+        if real_stderr() != 2:
+            self._saved_stderr = os.dup(2)
+            os.dup2(real_stderr(), 2)
         return self
 
     def __exit__(self, *exc):
+        if self._saved_stderr is not None:
+            os.dup2(self._saved_stderr, 2)
+            os.close(self._saved_stderr)
         for sig, old in self._old.items():
             signal.signal(sig, old)
         if self._watchdog is not None:
@@ -244,9 +296,12 @@ def multi_worker_strategy(timeout: Optional[float] = None, prog: str = "train.py
     os.write(real_stderr(), (f"waiting up to {timeout:g} s for {len(peers)} other worker(s) of TF_CONFIG: "
                              f"{', '.join(f'{n} at {a}' for n, a in peers)} (SIGTERM / Ctrl-C end the wait)\n"
                              ).encode())
+    start = time.monotonic()
+    wait_for_peers(own_address(text), peers, timeout, prog)
     import tensorflow as tf
 
-    with _BoundedStart(timeout, peers, prog):
+    # Every peer is up: TensorFlow's start now takes seconds. A peer that dies in between still cannot hang it.
+    with _BoundedStart(max(timeout - (time.monotonic() - start), 30.0), peers, prog):
         return tf.distribute.MultiWorkerMirroredStrategy()
 
 

@@ -250,6 +250,12 @@ def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict]
     except (TypeError, ValueError) as e:
         raise RunError(f"{os.path.join(str(run_dir), 'config.json')}: cannot build model "
                        f"{config['model']!r} from its model_config: {e}") from None
+    from tfhier.checks import memory_problem
+
+    problem = memory_problem(dict(config["model_config"]), int(config["feature_dim"]), 1, model.time_multiple,
+                             what="the weights")
+    if problem:
+        raise RunError(f"{os.path.join(str(run_dir), 'config.json')}: {problem}")
     model.build_for_data()
     # A training process may rotate the latest checkpoint away while it is read: read the newest again.
     for attempt in range(3):

@@ -119,6 +119,13 @@ def check_flags():
     problem = writable_problem(out_dir, "--out" if FLAGS.out else "--run_dir")
     if problem:
         return problem
+    from tfhier.checks import free_space_problem
+
+    # samples.npz (float32) and a picture per sample (or WAV): a generous bound, checked before drawing
+    need = 2 ** 20 + FLAGS.num_samples * (total * 64 + 2 ** 20)
+    problem = free_space_problem(out_dir, need, "--out" if FLAGS.out else "--run_dir")
+    if problem:
+        return problem
     from tfhier import checks  # the Python API's checks too
 
     try:
