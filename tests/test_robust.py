@@ -435,6 +435,20 @@ def test_model_config_that_is_a_binary_file_or_deep_json_names_the_flag(tmp_path
         read_model_config_flag("{\"channels\": " + "[" * 100000 + "]" * 100000 + "}")
 
 
+def test_flags_cfg_of_binary_bytes_and_json_of_huge_numbers_name_the_file(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "flags.cfg").write_bytes(b"\xff\xfe--seed=1\n")
+    with pytest.raises(runs.RunError, match="flags.cfg is not a text file"):
+        runs.read_flags(run)
+    with pytest.raises(HParamError, match="--model_config is not valid JSON") as e:
+        read_model_config_flag('{"channels": [' + "9" * 5000 + "]}")
+    assert len(str(e.value)) < 400
+    (run / "config.json").write_text('{"feature_dim": ' + "9" * 5000 + "}")
+    with pytest.raises(runs.RunError, match="config.json is not valid JSON"):
+        runs.read_config(run)
+
+
 def test_values_in_messages_are_cut_to_a_line():
     assert len(checks.shown("x" * 5_000_000)) < 200
     assert checks.shown(10 ** 5000) == "an integer of 5001 digits"

@@ -296,7 +296,7 @@ def read_json_object(path, what: str, max_bytes: int = 64 * 2 ** 20) -> dict:
         value = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise ValueError(f"{what} is not text (binary bytes, not UTF-8); expected a JSON object") from None
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or a number of more than 4,300 digits
         raise ValueError(f"{what} is not valid JSON ({shown(str(e))})") from None
     except RecursionError:
         raise ValueError(f"{what}: JSON nested too deeply") from None

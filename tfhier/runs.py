@@ -138,7 +138,9 @@ def parse_flags_text(text: str, source: str = "flags") -> dict:
         if not line or line.startswith("#"):
             continue
         if not line.startswith("-"):
-            raise RunError(f"{source}, line {number}: expected --name=value, got {raw!r}")
+            from tfhier.checks import shown
+
+            raise RunError(f"{source}, line {number}: expected --name=value, got {shown(raw)}")
         body = line.lstrip("-")
         if "=" in body:
             name, value = body.split("=", 1)
@@ -160,6 +162,8 @@ def read_flags(run_dir) -> dict:
             return parse_flags_text(f.read(), path)
     except OSError as e:
         raise RunError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path} is not a text file (binary bytes); expected the flags train.py wrote") from None
 
 
 def latest_checkpoint(run_dir, which="checkpoints") -> str:
@@ -294,7 +298,9 @@ def data_options(run_dir, config: Optional[dict] = None, flags: Optional[dict] =
             try:
                 value = int(value)
             except (TypeError, ValueError):
-                raise RunError(f"{run_dir}/flags.cfg: --{name} must be an integer, got {value!r}") from None
+                from tfhier.checks import shown
+
+                raise RunError(f"{run_dir}/flags.cfg: --{name} must be an integer, got {shown(value)}") from None
         elif name == "data_dir" and value in ("", "None"):
             value = None
         options[DATA_FLAGS[name]] = value

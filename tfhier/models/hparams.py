@@ -213,8 +213,10 @@ def read_model_config_flag(text: Optional[str]) -> dict:
                               f"hyperparameters") from None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise HParamError(f"{source} is not valid JSON: {e}") from None
+    except ValueError as e:  # JSONDecodeError, or a number of more than 4,300 digits
+        from tfhier.checks import shown
+
+        raise HParamError(f"{source} is not valid JSON: {shown(str(e), 200)}") from None
     except RecursionError:
         raise HParamError(f"{source}: JSON nested too deeply for a hyperparameter object") from None
     if not isinstance(value, dict):
