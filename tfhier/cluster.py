@@ -224,9 +224,10 @@ def _timeout_message(path) -> str:
 
 class _BoundedStart:
     """While the body waits in TensorFlow's runtime (which holds Python's interpreter lock, so no Python thread or
-    signal handler runs): SIGTERM and SIGINT take their default action (the process ends at once, exit status
-    128 + the signal's number), and a watchdog process ends it at the deadline with a line naming the peers that
-    do not answer."""
+    signal handler runs): SIGINT takes its default action (the process ends at once), as SIGTERM does until the
+    runtime installs a handler of its own (it does while forming the cluster; hence :func:`wait_for_peers` first),
+    and a watchdog process (SIGKILL, whatever handlers are installed) ends it at the deadline with a line naming the
+    peers that do not answer."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
