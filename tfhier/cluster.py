@@ -231,8 +231,9 @@ class _BoundedStart:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, timeout, peers, prog):
+    def __init__(self, timeout, peers, prog, flag_timeout=None):
         self.timeout, self.peers, self.prog = timeout, peers, prog
+        self.flag_timeout = timeout if flag_timeout is None else flag_timeout
         self._old = {}
         self._watchdog = None
 
@@ -244,7 +245,7 @@ class _BoundedStart:
 
         fd, plan = tempfile.mkstemp(prefix="tfhier_workers_", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"peers": self.peers, "timeout": self.timeout, "prog": self.prog}, f)
+            json.dump({"peers": self.peers, "timeout": self.flag_timeout, "prog": self.prog}, f)
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         self._plan = plan
         self._watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(self.timeout),
@@ -302,7 +303,7 @@ def multi_worker_strategy(timeout: Optional[float] = None, prog: str = "train.py
     import tensorflow as tf
 
     # Every peer is up: TensorFlow's start now takes seconds. A peer that dies in between still cannot hang it.
-    with _BoundedStart(max(timeout - (time.monotonic() - start), 30.0), peers, prog):
+    with _BoundedStart(max(timeout - (time.monotonic() - start), 30.0), peers, prog, flag_timeout=timeout):
         return tf.distribute.MultiWorkerMirroredStrategy()
 
 
