@@ -13,7 +13,7 @@ MAX_LINES = 700
 #: tfhier's layers, lowest first (docs/architecture.md): a module imports from its own layer or those below.
 #: A module belongs to the layer of the longest name here that is it or a package above it.
 LAYERS = (
-    ("foundations", ("tfhier.replicas", "tfhier.fileio", "tfhier.checks", "tfhier.quiet")),
+    ("foundations", ("tfhier.replicas", "tfhier.fileio", "tfhier.checks", "tfhier.quiet", "tfhier.cluster")),
     ("noise", ("tfhier.noise",)),
     ("layers and heads", ("tfhier.blocks", "tfhier.heads")),
     ("data", ("tfhier.data",)),

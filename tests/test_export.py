@@ -269,7 +269,7 @@ def test_assets_extra(exported, run_dir):
     assert json.loads((extra / "config.json").read_text()) == runs.read_config(run_dir)
     info = json.loads((extra / "tfhier_export.json").read_text())
     assert info["model_name"] == "run" and info["version"] == 4
-    assert info["limits"] == {"max_steps": 64, "max_samples": 8}
+    assert info["limits"] == {"max_steps": 64, "max_samples": 8, "max_score_steps": serving.DEFAULT_MAX_SCORE_STEPS}
     assert info["data_info"]["offset_scale"] > 0 and info["feature_dim"] == 3
     assert info["checkpoint_step"] == TRAIN_STEPS and info["latent_layers"] == ["layer_1", "layer_2"]
     assert set(info["signatures"]) == {"serving_default", "sample", "continue"}
@@ -314,9 +314,10 @@ BAD_INPUTS = [
     ("sample", _sample(num_samples=9), r"num_samples must be an integer in \[1, 8\]"),
     ("sample", _sample(num_samples=0), r"num_samples must be an integer in \[1, 8\]"),
     ("sample", _sample(num_samples=BIG, num_steps=BIG), r"num_samples must be an integer in \[1, 8\]"),
-    ("sample", _sample(temperature=0.0), r"temperature must be a finite number > 0"),
-    ("sample", _sample(temperature=-1.0), r"temperature must be a finite number > 0"),
-    ("sample", _sample(temperature=float("nan")), r"temperature must be a finite number > 0"),
+    ("sample", _sample(temperature=0.0), r"temperature must be a finite number in \(0, 100\]"),
+    ("sample", _sample(temperature=-1.0), r"temperature must be a finite number in \(0, 100\]"),
+    ("sample", _sample(temperature=float("nan")), r"temperature must be a finite number in \(0, 100\]"),
+    ("sample", _sample(temperature=1e38), r"temperature must be a finite number in \(0, 100\]"),
     ("sample", _sample(temperature=np.ones([2], np.float32)), r"temperature must be a float32 scalar"),
     ("sample", _sample(seed=np.array([1], np.int32)), r"seed must be two int32 numbers"),
     ("continue", _continue(prefix=np.zeros([3, 13, 2], np.float32)), r"prefix must have 3 features per step"),
@@ -329,7 +330,7 @@ BAD_INPUTS = [
      r"prefix may hold at most 8 sequences"),
     ("continue", _continue(prefix=np.zeros([1, 65, 3], np.float32), prefix_lengths=np.ones([1], np.int32)),
      r"prefix may have at most 64 steps"),
-    ("continue", _continue(temperature=0.0), r"temperature must be a finite number > 0"),
+    ("continue", _continue(temperature=0.0), r"temperature must be a finite number in \(0, 100\]"),
 ]
 
 

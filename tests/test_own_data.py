@@ -323,7 +323,7 @@ def test_export_signatures_speak_the_data_units():
     x_data = x_data.astype(np.float32)
     seed = tf.constant([3, 4], tf.int32)
     lengths = tf.constant([12], tf.int32)
-    got = serving.score_fn(model, units)(tf.constant(x_data), lengths, seed)
+    got = serving.score_fn(model, units=units)(tf.constant(x_data), lengths, seed)
     z = (x_data - np.array([1000.0, -2.0], np.float32)) / np.array([50.0, 0.01], np.float32)
     ref = model.score(tf.constant(z), tf.ones([1, 12]), seed)
     shift = -12 * (np.log(50.0) + np.log(0.01))

@@ -466,7 +466,7 @@ def cli(*args):
     ("--head_components=0", "--head_components must be >= 1"),
     ("--head=bernoulli", "--head=bernoulli does not fit handwriting data"),
     ("--seed=-5", "--seed must be an integer in [0, 2^31 - 1]"),
-    ("--batch_size=100000", "--batch_size=100000 is larger than the 8 training sequences"),
+    ("--batch_size=1000", "--batch_size=1000 is larger than the 8 training sequences"),
     ("--objective=fivo", "--objective=fivo needs a model with the recurrent step interface"),
     ("--objective=iwae --kl_regularizer=anneal", "--kl_regularizer is a setting of --objective=elbo"),
 ])

@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from tfhier.checks import integer_at_least
+from tfhier import checks
 
 CHECKPOINT_CHOICES = ("best", "latest")
 
@@ -93,45 +93,92 @@ class LoadedRun:
             return [to_model_units(s, self.data_info) for s in x]
         return to_model_units(x, self.data_info)
 
-    def score(self, sequences: Sequence, *, iw_samples: int = 1, seed: int = 0, batch_size: int = 16) -> np.ndarray:
+    def score(self, sequences: Sequence, *, iw_samples: int = 1, seed: int = 0, batch_size: int = 16,
+              max_sequences: int = checks.DEFAULT_MAX_SEQUENCES) -> np.ndarray:
         """Lower bounds on log p(x) in nats, float64 ``[N]``, one per sequence of ``sequences`` (``[T_i, D]``
-        arrays of any lengths, in the data's units). ``iw_samples=1``: the ELBO; K > 1: the IWAE bound with K
-        importance samples (Burda et al. 2015), as ``evaluate.py --iw_samples=K``."""
+        arrays of any lengths, in the data's units, finite). ``iw_samples=1``: the ELBO; K > 1: the IWAE bound
+        with K importance samples (Burda et al. 2015), as ``evaluate.py --iw_samples=K``.
+
+        Checked before anything is computed (ValueError naming the argument): the shapes, finiteness and count
+        of ``sequences`` (at most ``max_sequences``), ``iw_samples``, ``batch_size``, ``seed`` (an integer in
+        [0, 2^31 - 1]), and the memory one batch needs (:func:`tfhier.checks.memory_problem`)."""
         from tfhier.data.units import log_density_offset
         from tfhier.evaluation import evaluate_sequences
 
-        seqs = self._as_list(sequences, "sequences")
-        result = evaluate_sequences(self.model, self.to_model_units(seqs), iw_samples=iw_samples,
+        checks.integer_at_least("max_sequences", max_sequences)
+        sequences = checks.sequences("sequences", sequences, self.model.input_dim, max_sequences=max_sequences)
+        iw_samples = checks.integer_in("iw_samples", iw_samples, 1, checks.MAX_IW_SAMPLES)
+        batch_size = checks.integer_in("batch_size", batch_size, 1, checks.MAX_BATCH)
+        seed = checks.seed("seed", seed)
+        longest = max(len(s) for s in sequences)
+        problem = checks.memory_problem(self.config["model_config"], self.model.input_dim,
+                                        min(batch_size, len(sequences)), longest, what="scoring one batch",
+                                        lower="batch_size (or score shorter sequences)")
+        if problem:
+            raise ValueError(problem.replace("lower --", "lower "))
+        result = evaluate_sequences(self.model, self.to_model_units(sequences), iw_samples=iw_samples,
                                     batch_size=batch_size, seed=seed, fivo_particles=0)
         bounds = np.asarray(result.elbo if iw_samples == 1 else result.iwae, np.float64)
-        return bounds + np.array([len(s) for s in seqs], np.float64) * log_density_offset(self.data_info)
+        return bounds + np.array([len(s) for s in sequences], np.float64) * log_density_offset(self.data_info)
 
-    def sample(self, num_samples: int = 4, num_steps: int = 400, *, seed: int = 0,
-               temperature: float = 1.0) -> np.ndarray:
+    def sample(self, num_samples: int = 4, num_steps: int = 400, *, seed: int = 0, temperature: float = 1.0,
+               max_samples: int = checks.DEFAULT_MAX_SAMPLES, max_steps: int = checks.DEFAULT_MAX_STEPS) -> np.ndarray:
         """Draws ``[num_samples, num_steps, D]`` from the model (its cached generator where it has one), in the
-        data's units."""
+        data's units.
+
+        The limits of ``sample.py`` apply (ValueError naming the argument): ``num_samples`` <= ``max_samples``
+        (256), ``num_steps`` <= ``max_steps`` (5,000): raise them to draw more; ``temperature`` finite in
+        (0, 100]; ``seed`` an integer in [0, 2^31 - 1]."""
         import tensorflow as tf
 
-        integer_at_least("num_samples", num_samples)
-        integer_at_least("num_steps", num_steps)
+        problem = checks.generation_problem(num_samples, num_steps, max_samples, max_steps)
+        if problem:
+            raise ValueError(problem)
+        seed = checks.seed("seed", seed)
+        temperature = checks.temperature("temperature", temperature)
+        self._check_generation(int(num_steps))
         return self.to_data_units(self.model.generate(int(num_samples), int(num_steps),
-                                                      tf.constant([int(seed), 0], tf.int32),
-                                                      float(temperature)).numpy())
+                                                      tf.constant([seed, 0], tf.int32), temperature).numpy())
 
-    def continue_sequences(self, prefixes: Sequence, num_steps: int, *, seed: int = 0,
-                           temperature: float = 1.0) -> np.ndarray:
-        """The ``num_steps`` steps that follow each prefix (``[T_i, D]`` arrays of any lengths, data units):
-        ``[len(prefixes), num_steps, D]`` in data units. Latents the prefix covers come from the posterior."""
+    def continue_sequences(self, prefixes: Sequence, num_steps: int, *, seed: int = 0, temperature: float = 1.0,
+                           max_samples: int = checks.DEFAULT_MAX_SAMPLES,
+                           max_steps: int = checks.DEFAULT_MAX_STEPS) -> np.ndarray:
+        """The ``num_steps`` steps that follow each prefix (``[T_i, D]`` arrays of any lengths, finite, in the
+        data's units): ``[len(prefixes), num_steps, D]`` in the data's units. Latents the prefix covers come from
+        the posterior. Limits as :meth:`sample`: at most ``max_samples`` prefixes, prefix plus ``num_steps`` at
+        most ``max_steps`` steps."""
         import tensorflow as tf
 
-        prefixes = self.to_model_units(self._as_list(prefixes, "prefixes"))
-        integer_at_least("num_steps", num_steps)
+        checks.integer_at_least("max_samples", max_samples)
+        checks.integer_at_least("max_steps", max_steps)
+        prefixes = checks.sequences("prefixes", prefixes, self.model.input_dim, max_steps=max_steps,
+                                    max_sequences=max_samples, max_sequences_name="max_samples")
+        longest = max(len(p) for p in prefixes)
+        problem = checks.generation_problem(len(prefixes), num_steps, max_samples, max_steps - longest + 1,
+                                            samples_name="len(prefixes)")
+        if problem:
+            raise ValueError(problem.replace(f"the limit {max_steps - longest + 1:,}",
+                                             f"the limit max_steps={max_steps:,} less the longest prefix's "
+                                             f"{longest:,} steps"))
+        seed = checks.seed("seed", seed)
+        temperature = checks.temperature("temperature", temperature)
+        self._check_generation(longest + int(num_steps))
+        prefixes = self.to_model_units(prefixes)
         lengths = np.array([len(p) for p in prefixes], np.int32)
-        padded = np.zeros([len(prefixes), int(lengths.max()), prefixes[0].shape[-1]], np.float32)
+        padded = np.zeros([len(prefixes), longest, prefixes[0].shape[-1]], np.float32)
         for i, p in enumerate(prefixes):
             padded[i, :len(p)] = p
         return self.to_data_units(self.model.continue_sequences(
-            padded, lengths, int(num_steps), tf.constant([int(seed), 0], tf.int32), float(temperature)).numpy())
+            padded, lengths, int(num_steps), tf.constant([seed, 0], tf.int32), temperature).numpy())
+
+    def _check_generation(self, total_steps):
+        """A model without a cached generator re-runs its network at every step: its own limit applies."""
+        if not self.model.has_cached_generator:
+            from tfhier.models.base import naive_generation_problem
+
+            problem = naive_generation_problem(self.model, total_steps)
+            if problem:
+                raise ValueError(problem)
 
     def evaluate(self, split: str = "test", *, iw_samples: int = 16, max_sequences: int = 0, seed: int = 0,
                  batch_size: int = 16, fivo_particles: Optional[int] = None, write: bool = False) -> dict:
@@ -157,18 +204,6 @@ class LoadedRun:
             os.makedirs(folder, exist_ok=True)
         return str(samples.save_samples(self.to_model_units(np.asarray(x)), self.kind,
                                         self.config.get("data_info", {}), str(stem), prefix_steps=prefix_steps))
-
-    @staticmethod
-    def _as_list(sequences, name):
-        if isinstance(sequences, np.ndarray) and sequences.ndim == 2:
-            sequences = [sequences]
-        out = [np.asarray(s, np.float32) for s in sequences]
-        if not out:
-            raise ValueError(f"{name}: no sequences given")
-        bad = [i for i, s in enumerate(out) if s.ndim != 2 or len(s) == 0]
-        if bad:
-            raise ValueError(f"{name}[{bad[0]}]: expected a non-empty [T, D] array, got shape {out[bad[0]].shape}")
-        return out
 
 
 def load_run(run_dir, checkpoint: str = "best", *, data_dir: Optional[str] = None) -> LoadedRun:

@@ -344,15 +344,24 @@ def evaluate_run(run_dir, split: str = "test", *, iw_samples: int = 16, batch_si
     """
     from tfhier import runs
 
+    from tfhier import checks
+
     check_split(split)
-    integer_at_least("--iw_samples", iw_samples)
-    integer_at_least("--batch_size", batch_size)
-    integer_at_least("--iw_chunk", iw_chunk)
-    max_sequences = integer_at_least("--max_sequences", max_sequences, minimum=0)
+    problem = checks.evaluation_problem(iw_samples, batch_size, iw_chunk, fivo_particles, plots, max_sequences, seed)
+    if problem:
+        raise ValueError(problem)
     run = runs.load_run(run_dir, checkpoint, data_dir=data_dir)
     sequences = run.data.split(split)
     if max_sequences:
         sequences = sequences[:max_sequences]
+    if sequences:  # the largest pass: a batch of the longest sequences, tiled by the larger of the two sample counts
+        copies = max(iw_chunk, fivo_particles or (iw_samples if fivo_particles is None else 0), 1)
+        problem = checks.memory_problem(run.config["model_config"], int(run.config["feature_dim"]),
+                                        min(batch_size, len(sequences)), max(len(s) for s in sequences), copies,
+                                        what="one evaluation pass", lower="--batch_size, --iw_chunk or "
+                                        "--fivo_particles")
+        if problem:
+            raise ValueError(problem)
     result = evaluate_sequences(run.model, sequences, iw_samples=iw_samples, batch_size=batch_size, seed=seed,
                                 iw_chunk=iw_chunk, fivo_particles=fivo_particles, progress=progress)
     report = {"run_dir": str(run_dir), "split": split, "model": run.config["model"],
@@ -366,10 +375,13 @@ def evaluate_run(run_dir, split: str = "test", *, iw_samples: int = 16, batch_si
                   "per_sequence": "mean over sequences", "per_step": "sum over sequences / total real time steps",
                   "kl_per_layer": "analytic KL(q||p) of the layer summed over its valid steps and units",
                   "active_units": ACTIVE_UNITS_DEFINITION}}
-    if write:
-        write_report(run_dir, split, report)
-    if plots:
-        report["plots"] = write_plots(run_dir, split, run.model, sequences, plots, seed)
+    try:
+        if write:
+            write_report(run_dir, split, report)
+        if plots:
+            report["plots"] = write_plots(run_dir, split, run.model, sequences, plots, seed)
+    except OSError as e:
+        raise ValueError(f"--run_dir={run_dir}: cannot write the results ({e.strerror or e})") from None
     return report
 
 

@@ -25,15 +25,22 @@ NOISE = re.compile(
     rb" flags\.)")
 
 _installed = False
+_real_stderr = 2
+
+
+def real_stderr() -> int:
+    """The file descriptor of the unfiltered stderr: for a line that must appear while the filter thread cannot
+    run (TensorFlow holding Python's interpreter lock in a long wait, see tfhier.cluster)."""
+    return _real_stderr
 
 
 def install():
     """Filters fd 2 for the rest of the process (idempotent; no-op with ``TFHIER_TF_LOGS=1``)."""
-    global _installed
+    global _installed, _real_stderr
     if _installed or os.environ.get("TFHIER_TF_LOGS") == "1":
         return
     _installed = True
-    real = os.dup(2)
+    real = _real_stderr = os.dup(2)
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)

@@ -87,14 +87,39 @@ def read_config(run_dir) -> dict:
     if problem:
         raise RunError(problem)
     path = os.path.join(str(run_dir), "config.json")
+    return check_config(path, read_config_file(path))
+
+
+def read_config_file(path) -> dict:
+    """The JSON object in ``path`` (a run's ``config.json``); RunError naming the file for anything else."""
+    from tfhier.checks import read_json_object
+
     try:
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise RunError(f"cannot read {path}: {e}") from None
+        return read_json_object(path, path)
+    except ValueError as e:
+        raise RunError(f"{e}; it was not written by tfhier.training") from None
+
+
+def check_config(path, config: dict) -> dict:
+    """``config`` (read from ``path``) if it has what a run's config.json has, by type; RunError otherwise."""
+    from tfhier.checks import hparams_problem, shown
+
     missing = [k for k in ("model", "model_config", "dataset", "feature_dim") if k not in config]
-    if not isinstance(config, dict) or missing:
-        raise RunError(f"{path} lacks {missing or 'a JSON object'}; it was not written by tfhier.training")
+    if missing:
+        raise RunError(f"{path} lacks {missing}; it was not written by tfhier.training")
+    wrong = [(k, t) for k, t in (("model", str), ("model_config", dict), ("dataset", str), ("kind", str),
+                                 ("data_info", dict)) if k in config and not isinstance(config[k], t)]
+    feature_dim = config["feature_dim"]
+    if isinstance(feature_dim, bool) or not isinstance(feature_dim, int) or not 1 <= feature_dim <= 1 << 20:
+        wrong.append(("feature_dim", int))
+    if wrong:
+        key, kind = wrong[0]
+        raise RunError(f"{path}: {key} must be a {'JSON object' if kind is dict else kind.__name__}"
+                       f"{' in 1..1048576' if key == 'feature_dim' else ''}, got {shown(config[key])}; it was not "
+                       f"written by tfhier.training")
+    problem = hparams_problem(config["model_config"], source="model_config ")
+    if problem:
+        raise RunError(f"{path}: {problem}")
     return config
 
 
@@ -111,7 +136,9 @@ def parse_flags_text(text: str, source: str = "flags") -> dict:
         if not line or line.startswith("#"):
             continue
         if not line.startswith("-"):
-            raise RunError(f"{source}, line {number}: expected --name=value, got {raw!r}")
+            from tfhier.checks import shown
+
+            raise RunError(f"{source}, line {number}: expected --name=value, got {shown(raw)}")
         body = line.lstrip("-")
         if "=" in body:
             name, value = body.split("=", 1)
@@ -133,6 +160,8 @@ def read_flags(run_dir) -> dict:
             return parse_flags_text(f.read(), path)
     except OSError as e:
         raise RunError(f"cannot read {path}: {e}") from None
+    except UnicodeDecodeError:
+        raise RunError(f"{path} is not a text file (binary bytes); expected the flags train.py wrote") from None
 
 
 def latest_checkpoint(run_dir, which="checkpoints") -> str:
@@ -223,6 +252,12 @@ def load_model(run_dir, checkpoint: Optional[str] = None, config: Optional[dict]
     except (TypeError, ValueError) as e:
         raise RunError(f"{os.path.join(str(run_dir), 'config.json')}: cannot build model "
                        f"{config['model']!r} from its model_config: {e}") from None
+    from tfhier.checks import memory_problem
+
+    problem = memory_problem(dict(config["model_config"]), int(config["feature_dim"]), 1, model.time_multiple,
+                             what="the weights")
+    if problem:
+        raise RunError(f"{os.path.join(str(run_dir), 'config.json')}: {problem}")
     model.build_for_data()
     # A training process may rotate the latest checkpoint away while it is read: read the newest again.
     for attempt in range(3):
@@ -270,7 +305,9 @@ def data_options(run_dir, config: Optional[dict] = None, flags: Optional[dict] =
     try:
         options["seed"] = int(values.pop("seed", 0))
     except (TypeError, ValueError):
-        raise RunError(f"{run_dir}/flags.cfg: --seed must be an integer, got {flags.get('seed')!r}") from None
+        from tfhier.checks import shown
+
+        raise RunError(f"{run_dir}/flags.cfg: --seed must be an integer, got {shown(flags.get('seed'))}") from None
     data_dir = values.pop("data_dir", None)
     options["data_dir"] = None if data_dir in ("", "None") else data_dir
     try:

@@ -55,7 +55,10 @@ import tempfile
 import time
 from typing import Optional
 
-from tfhier.checks import integer_at_least
+import numpy as np
+
+from tfhier.checks import MAX_TEMPERATURE, integer_at_least, shown
+from tfhier.rundir import writable_problem
 
 
 class _LazyTensorFlow:
@@ -75,9 +78,10 @@ class _LazyTensorFlow:
 
 tf = _LazyTensorFlow()
 
-#: defaults of ``export.py --max_steps`` / ``--max_samples``
+#: defaults of ``export.py --max_steps`` / ``--max_samples`` / ``--max_score_steps``
 DEFAULT_MAX_STEPS = 5000
 DEFAULT_MAX_SAMPLES = 256
+DEFAULT_MAX_SCORE_STEPS = 262_144  # B x T of one scoring request: 256 sequences of 1,024 steps
 
 #: SavedModel folder for extra files (TF Serving's convention, e.g. for warm-up requests)
 ASSETS_EXTRA = "assets.extra"
@@ -97,10 +101,11 @@ class Limits:
 
     # num_steps of `sample` / `continue`; prefix length of `continue` (export_run: None = the default for the model)
     max_steps: Optional[int] = DEFAULT_MAX_STEPS
-    max_samples: int = DEFAULT_MAX_SAMPLES  # num_samples of `sample`; batch size of `continue`
+    max_samples: int = DEFAULT_MAX_SAMPLES  # num_samples of `sample`; batch size of `continue` and `serving_default`
+    max_score_steps: int = DEFAULT_MAX_SCORE_STEPS  # batch x time of one `serving_default` request
 
     def validate(self):
-        for name in ("max_steps", "max_samples"):
+        for name in ("max_steps", "max_samples", "max_score_steps"):
             integer_at_least(f"--{name}", getattr(self, name), error=ExportError)
 
 
@@ -154,12 +159,13 @@ def check_temperature(checks: Checks, temperature):
                    "temperature must be a float32 scalar > 0 (1: the model itself); got shape", tf.shape(temperature))
     t = tf.reshape(checks.gate(temperature), [])
     # NaN and +inf fail too.
-    checks.require((t > 0.0) & tf.math.is_finite(t),
-                   "temperature must be a finite number > 0 (1: the model itself); got", t)
+    checks.require((t > 0.0) & (t <= MAX_TEMPERATURE),
+                   f"temperature must be a finite number in (0, {MAX_TEMPERATURE:g}] (1: the model itself); got", t)
     return checks.gate(t)
 
 
-def check_sequences(checks: Checks, x_name, x, len_name, lengths, dim, max_batch=None, max_steps=None):
+def check_sequences(checks: Checks, x_name, x, len_name, lengths, dim, max_batch=None, max_steps=None,
+                    max_total=None):
     """A padded batch ``x`` [B, T, dim] and its ``lengths`` [B] (1 <= length <= T).
 
     Returns gated ``(x, lengths)`` with static shapes [None, None, dim] and [None].
@@ -178,6 +184,11 @@ def check_sequences(checks: Checks, x_name, x, len_name, lengths, dim, max_batch
     if max_steps is not None:
         checks.require(shape[1] <= max_steps,
                        f"{x_name} may have at most {max_steps} steps (max_steps of this export); got shape", shape)
+    if max_total is not None:  # in int64: batch x time of int32 sizes may overflow int32
+        wide = tf.cast(shape, tf.int64)
+        checks.require(wide[0] * wide[1] <= max_total,
+                       f"{x_name} may hold at most {max_total} steps in all, batch x time (max_score_steps of this "
+                       f"export); got shape", shape)
     checks.require(tf.reduce_all(tf.math.is_finite(checks.gate(x))),
                    f"{x_name} must be finite (no NaN or Inf, padding included)")
     checks.require(tf.equal(tf.rank(lengths), 1) & tf.equal(tf.size(lengths), shape[0]),
@@ -232,14 +243,15 @@ class DataUnits:
         return x * tf.constant(self.std) + tf.constant(self.mean)
 
 
-def score_fn(model, units: Optional[DataUnits] = None):
+def score_fn(model, limits: Limits = Limits(), units: Optional[DataUnits] = None):
     """The ``serving_default`` function: ``(x, lengths, seed) -> {elbo, nll, kl, num_steps}``; with ``units``,
     ``x`` in the data's units and ``elbo``, ``nll`` densities of the data in those units."""
     dim = model.input_dim
 
     def score(x, lengths, seed):
         checks = Checks()
-        x, lengths = check_sequences(checks, "x", x, "lengths", lengths, dim)
+        x, lengths = check_sequences(checks, "x", x, "lengths", lengths, dim, max_batch=limits.max_samples,
+                                     max_total=limits.max_score_steps)
         seed = check_seed(checks, seed)
         x, lengths, seed = checks.gate(x, lengths, seed)
         mask = tf.sequence_mask(lengths, tf.shape(x)[1], dtype=tf.float32)
@@ -307,7 +319,7 @@ def build_archive(model, limits: Limits = Limits(), units: Optional[DataUnits] =
     archive = keras.export.ExportArchive()
     archive.track(model)
     # The first endpoint becomes serving_default; naming it so makes that explicit in the SignatureDefs.
-    archive.add_endpoint("serving_default", score_fn(model, units), input_signature=_specs(**SCORE_SPECS))
+    archive.add_endpoint("serving_default", score_fn(model, limits, units), input_signature=_specs(**SCORE_SPECS))
     archive.add_endpoint("sample", sample_fn(model, limits, units), input_signature=_specs(**SAMPLE_SPECS))
     archive.add_endpoint("continue", continue_fn(model, limits, units), input_signature=_specs(**CONTINUE_SPECS))
     return archive
@@ -318,7 +330,8 @@ def signature_info(model, limits: Limits) -> dict:
     d, n_layers = model.input_dim, len(model.latent_layer_names)
     return {
         "serving_default": {
-            "inputs": {"x": {"dtype": "float32", "shape": ["B", "T", d]},
+            "inputs": {"x": {"dtype": "float32", "shape": ["B", "T", d],
+                             "range": f"B in 1..{limits.max_samples}, B x T <= {limits.max_score_steps}"},
                        "lengths": {"dtype": "int32", "shape": ["B"], "range": "1..T"},
                        "seed": {"dtype": "int32", "shape": [2]}},
             "outputs": {"elbo": {"dtype": "float32", "shape": ["B"]},
@@ -330,7 +343,7 @@ def signature_info(model, limits: Limits) -> dict:
             "inputs": {"num_samples": {"dtype": "int32", "shape": [], "range": f"1..{limits.max_samples}"},
                        "num_steps": {"dtype": "int32", "shape": [], "range": f"1..{limits.max_steps}"},
                        "seed": {"dtype": "int32", "shape": [2]},
-                       "temperature": {"dtype": "float32", "shape": [], "range": "> 0"}},
+                       "temperature": {"dtype": "float32", "shape": [], "range": f"(0, {MAX_TEMPERATURE:g}]"}},
             "outputs": {"samples": {"dtype": "float32", "shape": ["num_samples", "num_steps", d]}},
         },
         "continue": {
@@ -339,7 +352,7 @@ def signature_info(model, limits: Limits) -> dict:
                        "prefix_lengths": {"dtype": "int32", "shape": ["B"], "range": "1..T0"},
                        "num_steps": {"dtype": "int32", "shape": [], "range": f"1..{limits.max_steps}"},
                        "seed": {"dtype": "int32", "shape": [2]},
-                       "temperature": {"dtype": "float32", "shape": [], "range": "> 0"}},
+                       "temperature": {"dtype": "float32", "shape": [], "range": f"(0, {MAX_TEMPERATURE:g}]"}},
             "outputs": {"continuations": {"dtype": "float32", "shape": ["B", "num_steps", d]}},
         },
     }
@@ -393,8 +406,6 @@ def plan_export(run_dir, export_base, version: Optional[int] = None, model_name:
         raise ExportError("--export_base is empty; give the folder that holds <model_name>/<version>/ exports")
     if os.path.exists(export_base) and not os.path.isdir(export_base):
         raise ExportError(f"--export_base={export_base} exists and is not a directory")
-    from tfhier.rundir import writable_problem
-
     problem = writable_problem(export_base, "--export_base")
     if problem:
         raise ExportError(problem)
@@ -404,17 +415,61 @@ def plan_export(run_dir, export_base, version: Optional[int] = None, model_name:
     model_dir = os.path.join(str(export_base), model_name)
     if os.path.exists(model_dir) and not os.path.isdir(model_dir):
         raise ExportError(f"{model_dir} exists and is not a directory")
+    given = version is not None
     if version is None:
         versions = existing_versions(model_dir)
         version = versions[-1] + 1 if versions else 1
     else:
         integer_at_least("--version", version, error=ExportError)
     version_dir = os.path.join(model_dir, str(version))
-    if os.path.lexists(version_dir):
+    if os.path.lexists(version_dir) and given:
         raise ExportError(f"{version_dir} already exists: refusing to overwrite version {version} of model "
                           f"{model_name!r} (give another --version, or leave --version out to use "
                           f"{(existing_versions(model_dir) or [0])[-1] + 1})")
+    if os.path.lexists(version_dir):  # the next version's name is taken by a file or link, not a version folder
+        raise ExportError(f"{version_dir} exists and is not a version folder, so the next version ({version}) "
+                          f"cannot be written: move it away, or give --version")
+    if os.path.isdir(model_dir):
+        problem = writable_problem(model_dir, f"the model folder {model_dir}")
+        if problem:
+            raise ExportError(problem)
     return model_name, version, model_dir, version_dir
+
+
+#: a temporary export folder whose writer is gone (by its pid), or with no pid and older than this, is removed
+STALE_SECONDS = 3600
+_TMP_EXPORT = re.compile(r"^\.tmp_export_\d+_(?:(\d+)_)?")
+
+
+def remove_stale_temporaries(model_dir) -> list:
+    """Removes the ``.tmp_export_*`` folders of exports that were killed (their process is gone); returns their
+    paths. TF Serving ignores such folders, but each holds a whole SavedModel."""
+    removed = []
+    for name in os.listdir(model_dir):
+        match = _TMP_EXPORT.match(name)
+        path = os.path.join(model_dir, name)
+        if not match or not os.path.isdir(path) or os.path.islink(path):
+            continue
+        if match.group(1):
+            try:
+                os.kill(int(match.group(1)), 0)
+                continue  # its writer is alive: an export in progress
+            except ProcessLookupError:
+                pass
+            except (PermissionError, OverflowError):
+                continue
+        elif time.time() - os.path.getmtime(path) < STALE_SECONDS:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def export_bytes(model) -> int:
+    """Roughly what an export of ``model`` takes on disk: its float32 weights (variables/) and the graphs of the
+    three signatures (a few MB), with room to spare."""
+    weights = sum(int(np.prod(v.shape)) * 4 for v in model.weights)  # every weight is float32 (or smaller)
+    return int(weights * 1.2) + 32 * 2 ** 20
 
 
 @dataclasses.dataclass
@@ -450,7 +505,7 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
     from tfhier import runs
     from tfhier.models.base import NAIVE_MAX_STEPS, naive_generation_problem
 
-    Limits(max_steps=limits.max_steps or 1, max_samples=limits.max_samples).validate()
+    dataclasses.replace(limits, max_steps=limits.max_steps or 1).validate()
     model_name, version, model_dir, version_dir = plan_export(run_dir, export_base, version, model_name)
     config = runs.read_config(run_dir)
     model, ckpt, step = runs.load_model(run_dir, checkpoint, config)
@@ -495,17 +550,31 @@ def export_run(run_dir, export_base, *, version: Optional[int] = None, model_nam
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "tensorflow_version": tf.__version__,
     }
-    os.makedirs(model_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=model_dir, prefix=f".tmp_export_{version}_")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        remove_stale_temporaries(model_dir)
+        need = export_bytes(model)
+        free = shutil.disk_usage(model_dir).free
+        if free < need:
+            raise ExportError(f"{model_dir}: {free / 2 ** 20:,.1f} MB free, the export needs about "
+                              f"{need / 2 ** 20:,.1f} MB; nothing was written")
+        tmp = tempfile.mkdtemp(dir=model_dir, prefix=f".tmp_export_{version}_{os.getpid()}_")
+    except OSError as e:
+        raise ExportError(f"cannot write in {model_dir} ({e.strerror or e}); nothing was written") from None
     try:
         saved = os.path.join(tmp, "saved_model")
-        write_saved_model(model, saved, limits, extra_files={
-            "config.json": json.dumps(config, indent=2) + "\n",
-            EXPORT_INFO_FILE: json.dumps(info, indent=2) + "\n",
-        }, **({"units": units} if units is not None else {}))
-        if os.path.lexists(version_dir):  # appeared while we were writing
-            raise ExportError(f"{version_dir} appeared during the export: refusing to overwrite it")
-        os.rename(saved, version_dir)
+        try:
+            write_saved_model(model, saved, limits, extra_files={
+                "config.json": json.dumps(config, indent=2) + "\n",
+                EXPORT_INFO_FILE: json.dumps(info, indent=2) + "\n",
+            }, **({"units": units} if units is not None else {}))
+            if os.path.lexists(version_dir):  # appeared while we were writing
+                raise ExportError(f"{version_dir} appeared during the export: refusing to overwrite it")
+            os.rename(saved, version_dir)
+        except (OSError, tf.errors.OpError) as e:
+            reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+            reason = shown(reason.splitlines()[0] if reason else type(e).__name__, 200)
+            raise ExportError(f"cannot write the export to {version_dir} ({reason}); nothing was written") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(path=version_dir, model_name=model_name, version=version, checkpoint=ckpt, step=step,

@@ -53,19 +53,18 @@ def check_flags():
         return problem
     if FLAGS.split not in SPLITS:
         return f"--split must be one of {list(SPLITS)}, got {FLAGS.split!r}"
-    for name in ("iw_samples", "iw_chunk", "batch_size"):
-        if FLAGS[name].value < 1:
-            return f"--{name} must be an integer >= 1, got {FLAGS[name].value}"
-    if FLAGS.fivo_particles is not None and FLAGS.fivo_particles < 0:
-        return f"--fivo_particles must be >= 0 (0: no FIVO bound), got {FLAGS.fivo_particles}"
-    if FLAGS.max_sequences < 0:
-        return f"--max_sequences must be >= 0 (0: all), got {FLAGS.max_sequences}"
-    if not 0 <= FLAGS.seed < 2 ** 31:
-        return f"--seed must be an integer in [0, 2^31 - 1], got {FLAGS.seed}"
+    from tfhier import checks  # no TensorFlow; the same checks as tfhier.evaluation and the Python API
+
+    problem = checks.evaluation_problem(FLAGS.iw_samples, FLAGS.batch_size, FLAGS.iw_chunk, FLAGS.fivo_particles,
+                                        FLAGS.plots, FLAGS.max_sequences, FLAGS.seed)
+    if problem:
+        return problem
     from tfhier.rundir import writable_problem  # no TensorFlow
 
-    # eval_<split>.json/.md go into the run directory: fail now, not after computing everything.
-    return writable_problem(FLAGS.run_dir, "--run_dir (where eval_<split>.json is written)")
+    # eval_<split>.json/.md (and the plots) go into the run directory: fail now, not after computing everything.
+    what = "--run_dir (where eval_<split>.json is written)"
+    return writable_problem(FLAGS.run_dir, what) or \
+        checks.free_space_problem(FLAGS.run_dir, (1 + 2 * FLAGS.plots) * 2 ** 20, what)
 
 
 def main(argv):
@@ -88,6 +87,8 @@ def main(argv):
     except (RunError, DataError, ValueError) as e:
         logging.flush()
         sys.exit(f"evaluate.py: error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("evaluate.py: interrupted; nothing was written")
     print(evaluation.report_markdown(report), flush=True)
     json_path, md_path = evaluation.output_paths(FLAGS.run_dir, FLAGS.split)
     print(f"written: {json_path}, {md_path}" + "".join(f", {p}" for p in report.get("plots", [])), flush=True)

@@ -45,7 +45,9 @@ flags.DEFINE_boolean("xla_generation", None, "Run each generation step of the sa
                      "--noxla_generation: plain graph mode (slower; another draw for a seed). Default: on, unless "
                      "TFHIER_XLA_GENERATION=0.")
 flags.DEFINE_integer("max_samples", 256, "Largest num_samples the sample signature accepts (and the most "
-                     "prefixes continue accepts).")
+                     "prefixes continue and serving_default accept).")
+flags.DEFINE_integer("max_score_steps", 262_144, "Most steps in all (batch x time) of one serving_default (scoring) "
+                     "request: a bound on the memory one request takes.")
 
 
 def check_flags():
@@ -62,7 +64,7 @@ def check_flags():
         return "--export_base is required (the folder that will hold <model_name>/<version>/)"
     if FLAGS.version is not None and FLAGS.version < 1:
         return f"--version must be an integer >= 1, got {FLAGS.version}"
-    for name in ("max_steps", "max_samples"):
+    for name in ("max_steps", "max_samples", "max_score_steps"):
         if FLAGS[name].value is not None and FLAGS[name].value < 1:
             return f"--{name} must be an integer >= 1, got {FLAGS[name].value}"
     return None
@@ -87,15 +89,19 @@ def main(argv):
     try:
         result = serving.export_run(
             FLAGS.run_dir, FLAGS.export_base, version=FLAGS.version, model_name=FLAGS.model_name,
-            limits=serving.Limits(max_steps=FLAGS.max_steps, max_samples=FLAGS.max_samples),
+            limits=serving.Limits(max_steps=FLAGS.max_steps, max_samples=FLAGS.max_samples,
+                                  max_score_steps=FLAGS.max_score_steps),
             checkpoint=FLAGS.checkpoint, xla_generation=FLAGS.xla_generation)
     except (RunError, serving.ExportError) as e:
         sys.exit(f"export.py: error: {e}")
+    except KeyboardInterrupt:  # export_run removed its temporary folder on the way out
+        sys.stderr.write("export.py: interrupted; nothing was written\n")
+        sys.exit(130)
     names = ", ".join(result.info["signatures"])
     limits = result.info["limits"]
     print(f"exported {FLAGS.run_dir} (checkpoint step {result.step}) as model {result.model_name!r} version "
           f"{result.version}: {result.path}\nsignatures: {names}; limits: max_steps={limits['max_steps']}, "
-          f"max_samples={limits['max_samples']}", flush=True)
+          f"max_samples={limits['max_samples']}, max_score_steps={limits['max_score_steps']}", flush=True)
 
 
 def run():

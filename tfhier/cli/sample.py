@@ -49,8 +49,9 @@ flags.DEFINE_string("run_dir", None, "Training run directory (holds config.json,
 flags.DEFINE_string("checkpoint", None, "Checkpoint path prefix (.../checkpoints/ckpt-N); default: the latest.")
 flags.DEFINE_integer("num_samples", 4, "How many sequences to draw.")
 flags.DEFINE_integer("num_steps", 700, "Steps to generate per sequence (after the prefix when priming).")
-flags.DEFINE_integer("seed", 0, "Seed of the stateless sampling noise: the same seed gives the same samples.")
-flags.DEFINE_float("temperature", 1.0, "Scales the latent prior noise and the output distribution (> 0; "
+flags.DEFINE_integer("seed", 0, "Seed of the stateless sampling noise (0 to 2^31 - 1): the same seed gives the "
+                     "same samples.")
+flags.DEFINE_float("temperature", 1.0, "Scales the latent prior noise and the output distribution (in (0, 100]; "
                    "< 1: tidier, less varied samples).")
 flags.DEFINE_string("out", None, "Output path stem (default: <run_dir>/samples/sample_<seed>, primed: "
                     "sample_<seed>_primed_<split><index>); writes <out>.npz, <out>.json and <out>.png / "
@@ -112,16 +113,26 @@ def check_flags():
     problem = writable_problem(out_dir, "--out" if FLAGS.out else "--run_dir")
     if problem:
         return problem
-    if not FLAGS.temperature > 0 or FLAGS.temperature == float("inf"):
-        return f"--temperature must be a finite number > 0, got {FLAGS.temperature}"
+    from tfhier.checks import free_space_problem
+
+    # samples.npz (float32) and a picture per sample (or WAV): a generous bound, checked before drawing
+    need = 2 ** 20 + FLAGS.num_samples * (total * 64 + 2 ** 20)
+    problem = free_space_problem(out_dir, need, "--out" if FLAGS.out else "--run_dir")
+    if problem:
+        return problem
+    from tfhier import checks  # the Python API's checks too
+
+    try:
+        checks.temperature("--temperature", FLAGS.temperature)
+        checks.seed("--seed", FLAGS.seed)
+    except ValueError as e:
+        return str(e)
     if FLAGS.method not in METHODS:
         return f"--method must be one of {list(METHODS)}, got {FLAGS.method!r}"
     if FLAGS.prime_split is not None and FLAGS.prime_split not in SPLITS:
         return f"--prime_split must be one of {list(SPLITS)}, got {FLAGS.prime_split!r}"
     if FLAGS.prime_index < 0:
         return f"--prime_index must be >= 0, got {FLAGS.prime_index}"
-    if not -2 ** 31 <= FLAGS.seed < 2 ** 31:
-        return f"--seed must fit in int32, got {FLAGS.seed}"
     return None
 
 

@@ -65,6 +65,9 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker"]
                   "over all replicas.")
 flags.DEFINE_integer("cpu_devices", 0, "Split the CPU into this many logical devices (e.g. to run --strategy=mirrored "
                      "without GPUs); 0: as it is.")
+flags.DEFINE_float("worker_timeout", 300.0, "multi_worker: seconds to wait for every worker of TF_CONFIG to start; "
+                   "then the command ends naming the addresses that do not answer (SIGTERM / Ctrl-C end the wait "
+                   "at once).")
 
 # Objective.
 flags.DEFINE_enum("objective", "elbo", list(OBJECTIVES), "Training objective: elbo (with --kl_regularizer), iwae "
@@ -191,11 +194,43 @@ def flags_text() -> str:
     return "".join(f.serialize() + "\n" for f in sorted(own, key=lambda f: f.name) if f.serialize())
 
 
+def check_flags():
+    """The first problem with the flags that needs no TensorFlow runtime to see (None if none): the cluster, the
+    devices, flags of another objective (TrainSettings.validate checks the rest)."""
+    from tfhier import cluster
+
+    problem = cluster.cpu_devices_problem(FLAGS.strategy, FLAGS.cpu_devices)
+    if problem:
+        return problem
+    if FLAGS.strategy == "multi_worker":
+        problem = cluster.tf_config_problem(os.environ.get("TF_CONFIG")) or \
+            cluster.worker_timeout_problem(FLAGS.worker_timeout)
+        if problem:
+            return f"--strategy=multi_worker: {problem}"
+    elif FLAGS["worker_timeout"].present:
+        return f"--worker_timeout applies to --strategy=multi_worker, not --strategy={FLAGS.strategy}"
+    if FLAGS.objective == "elbo":
+        given = [n for n in ("num_particles", "resampling_threshold") if FLAGS[n].present]
+        if given:
+            return (f"--{given[0]} is a setting of --objective=iwae or fivo; --objective=elbo draws one sample "
+                    f"(remove it, or give --objective)")
+    return None
+
+
 def model_config_from_flags(feature_dim, kind) -> dict:
-    """The model's hyperparameters from the flags, checked by building the model (no weights, no data)."""
-    from tfhier.models import build_model, config_from_flags
+    """The model's hyperparameters from the flags, checked against the limits of tfhier.checks (sizes, and the
+    memory one training step needs) and by building the model (no weights, no data)."""
+    from tfhier import checks
+    from tfhier.models import MODELS, build_model, config_from_flags
+    from tfhier.models.hparams import resolve
 
     config = config_from_flags(FLAGS.model, FLAGS, kind, FLAGS.model_config)
+    full = resolve(MODELS[FLAGS.model], config, model_name=FLAGS.model)
+    copies = FLAGS.num_particles if FLAGS.objective != "elbo" else 1
+    problem = checks.hparams_problem(full) or checks.memory_problem(full, feature_dim, FLAGS.batch_size,
+                                                                     FLAGS.seq_len, copies)
+    if problem:
+        raise ValueError(problem)
     build_model(FLAGS.model, feature_dim, config)  # raises on an unusable combination, naming the flag
     return config
 
@@ -203,7 +238,7 @@ def model_config_from_flags(feature_dim, kind) -> dict:
 def main(argv):
     from tfhier.cli import begin, quiet_tensorflow_logging
 
-    begin("train.py", argv)
+    begin("train.py", argv, check_flags)
     from tfhier import training
     from tfhier.data import DataError, dataset_shape, get_source, load_dataset
 
@@ -215,7 +250,7 @@ def main(argv):
     try:
         # Every flag is checked before any data is read.
         settings.validate()
-        strategy = training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices)
+        strategy = training.make_strategy(FLAGS.strategy, FLAGS.cpu_devices, FLAGS.worker_timeout)
         training.check_batch_for(strategy, settings)
         training.check_settings_for(FLAGS.model, settings)
         if settings.objective != "elbo":

@@ -120,7 +120,10 @@ def load_iam_ondb(data_dir, *, seed: int = 0, offset_scale_convention: str = "st
                             f"(split by {split_method}, {len(form_ids)} forms with usable lines); "
                             "expected at least one line in each of train/valid/test")
 
-    scale = offset_scale([raw_steps[i] for i in members["train"]], offset_scale_convention)
+    try:
+        scale = offset_scale([raw_steps[i] for i in members["train"]], offset_scale_convention)
+    except DataError as e:
+        raise DataError(f"--data_dir={data_dir}: {e} (its training lines' pen offsets are all equal)") from None
     data = SequenceData(
         name="iam_ondb",
         train=apply_offset_scale([raw_steps[i] for i in members["train"]], scale),

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from tfhier.checks import shown
 from tfhier.data.base import SPLITS, DataError, SequenceData
 from tfhier.data.sources import DataSource
 
@@ -138,7 +139,7 @@ def _unpickle(path: str) -> Any:
         except Exception as e:  # truncated / corrupted / not a pickle at all
             raise DataError(
                 f"{path}: not a readable polyphonic music pickle (truncated or corrupted?): "
-                f"{type(e).__name__}: {e}") from e
+                f"{type(e).__name__}: {shown(str(e), 200)}") from None
     raise DataError(f"{path}: cannot decode the pickle's strings as UTF-8 or latin1 ({last_error})")
 
 
@@ -162,12 +163,12 @@ def _piano_roll(seq: Any, path: str, split: str, i: int) -> np.ndarray:
         for note in step:
             if not _is_int(note):
                 raise DataError(
-                    f"{where} step {t} holds {note!r} ({type(note).__name__}), expected integer "
+                    f"{where} step {t} holds {shown(note)} ({type(note).__name__}), expected integer "
                     f"MIDI note numbers")
             n = int(note)
             if not LOWEST_NOTE <= n <= HIGHEST_NOTE:
                 raise DataError(
-                    f"{where} step {t} holds MIDI note {n}, outside the piano range "
+                    f"{where} step {t} holds MIDI note {shown(n)}, outside the piano range "
                     f"{LOWEST_NOTE}..{HIGHEST_NOTE}")
             roll[t, n - LOWEST_NOTE] = 1.0
     return roll
@@ -201,7 +202,7 @@ def load_polyphonic(path: str | os.PathLike) -> SequenceData:
     if missing:
         raise DataError(
             f"{path}: the dict lacks key(s) {missing}, expected keys 'train', 'valid', 'test' "
-            f"(found {sorted(map(str, obj.keys()))})")
+            f"(found {shown(sorted(shown(k, 40) for k in list(obj.keys())[:20]), 200)})")
     splits = {}
     total_steps = 0
     for split in SPLITS:

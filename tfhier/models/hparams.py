@@ -57,10 +57,14 @@ class HParam:
                 "lists of integers, layers separated by ';' (e.g. 1,2;1,2,4)"}[self.kind]
         try:
             out = _PARSERS[self.kind](value)
-        except (TypeError, ValueError):
-            raise HParamError(f"{source} must be {what}, got {value!r}") from None
+        except (TypeError, ValueError, RecursionError):
+            from tfhier.checks import shown
+
+            raise HParamError(f"{source} must be {what}, got {shown(value)}") from None
         if self.choices is not None and out not in self.choices:
-            raise HParamError(f"{source} must be one of {list(self.choices)}, got {out!r}")
+            from tfhier.checks import shown
+
+            raise HParamError(f"{source} must be one of {list(self.choices)}, got {shown(out)}")
         return out
 
     def format(self, value) -> str:
@@ -209,14 +213,24 @@ def read_model_config_flag(text: Optional[str]) -> dict:
             raise HParamError(f"--model_config={text!r} is neither a JSON object nor a file")
         source = f"--model_config={text}"
         try:
+            if os.path.getsize(text) > 2 ** 20:
+                raise HParamError(f"{source}: {os.path.getsize(text):,} bytes is no JSON object of hyperparameters "
+                                  f"(at most 1 MB)")
             with open(text, encoding="utf-8") as f:
                 text = f.read()
         except OSError as e:
-            raise HParamError(f"{source}: cannot read it ({e})") from None
+            raise HParamError(f"{source}: cannot read it ({e.strerror or e})") from None
+        except UnicodeDecodeError:
+            raise HParamError(f"{source} is not a text file (binary bytes); expected a JSON object of "
+                              f"hyperparameters") from None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise HParamError(f"{source} is not valid JSON: {e}") from None
+    except ValueError as e:  # JSONDecodeError, or a number of more than 4,300 digits
+        from tfhier.checks import shown
+
+        raise HParamError(f"{source} is not valid JSON: {shown(str(e), 200)}") from None
+    except RecursionError:
+        raise HParamError(f"{source}: JSON nested too deeply for a hyperparameter object") from None
     if not isinstance(value, dict):
         raise HParamError(f"{source} must be a JSON object of hyperparameters, got {type(value).__name__}")
     return value

@@ -57,12 +57,12 @@ def check_run_dir(run_dir, config, allow_data_change=False) -> bool:
     config_path = os.path.join(run_dir, "config.json")
     ckpt_dir = os.path.join(run_dir, "checkpoints")
     if os.path.exists(config_path):
+        from tfhier.runs import read_config_file  # binary bytes, 5, null: an error naming the file
+
         try:
-            with open(config_path, encoding="utf-8") as f:
-                old = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise RunDirError(f"--run_dir={run_dir}: cannot read {config_path} ({e}); "
-                              f"use a new --run_dir") from None
+            old = read_config_file(config_path)
+        except ValueError as e:
+            raise RunDirError(f"--run_dir={run_dir}: cannot use {config_path} ({e}); use a new --run_dir") from None
         old_id = _saved_identity(old)
         new_id = json.loads(json.dumps({k: config[k] for k in IDENTITY_KEYS}))
         if old_id != new_id:

@@ -9,7 +9,6 @@ one device computes for the same global batch.  Under multi-worker training one 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
@@ -23,34 +22,8 @@ from tfhier.training.settings import TrainSettings
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
-def _tf_config_problem(text):
-    """What is wrong with the ``TF_CONFIG`` environment variable's value (None if usable)."""
-    if not text:
-        return ("the environment variable TF_CONFIG is not set: --strategy=multi_worker needs it on every worker, "
-                "e.g. TF_CONFIG='{\"cluster\": {\"worker\": [\"host1:12345\", \"host2:12345\"]}, "
-                "\"task\": {\"type\": \"worker\", \"index\": 0}}'")
-    try:
-        config = json.loads(text)
-    except ValueError as e:
-        return f"TF_CONFIG is not JSON ({e})"
-    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or \
-            not isinstance(config.get("task"), dict):
-        return "TF_CONFIG must be a JSON object with a \"cluster\" object and a \"task\" object"
-    task = config["task"]
-    jobs = config["cluster"]
-    if task.get("type") not in jobs or not isinstance(jobs[task.get("type")], list):
-        return f"TF_CONFIG's task type {task.get('type')!r} is not a job of its cluster ({', '.join(jobs)})"
-    index = task.get("index")
-    if not isinstance(index, int) or not 0 <= index < len(jobs[task["type"]]):
-        return (f"TF_CONFIG's task index {index!r} is not an index of the {len(jobs[task['type']])} "
-                f"{task['type']!r} addresses")
-    unknown = set(jobs) - {"chief", "worker"}
-    if unknown:
-        return f"TF_CONFIG's cluster has jobs {sorted(unknown)}: MultiWorkerMirroredStrategy takes chief and worker"
-    return None
-
-
-def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.distribute.Strategy]:
+def make_strategy(name: str = "default", cpu_devices: int = 0,
+                  worker_timeout: Optional[float] = None) -> Optional[tf.distribute.Strategy]:
     """The ``tf.distribute`` strategy ``train.py --strategy`` names (None for ``default``: one device).
 
     ``cpu_devices`` > 1 splits the CPU into that many logical devices first
@@ -62,16 +35,13 @@ def make_strategy(name: str = "default", cpu_devices: int = 0) -> Optional[tf.di
     """
     if name not in STRATEGIES:
         raise ValueError(f"--strategy={name}: expected one of {', '.join(STRATEGIES)}")
-    if int(cpu_devices) < 0:
-        raise ValueError(f"--cpu_devices={cpu_devices}: expected a number of logical CPU devices >= 0")
+    from tfhier import cluster  # TF_CONFIG by type, a bounded and interruptible wait for the workers
+
+    problem = cluster.cpu_devices_problem(name, cpu_devices)
+    if problem:
+        raise ValueError(problem)
     if name == "multi_worker":
-        if int(cpu_devices) > 1:
-            raise ValueError(f"--cpu_devices={cpu_devices}: applies to --strategy=mirrored; under multi_worker each "
-                             f"worker trains on its GPUs or on its one CPU device")
-        problem = _tf_config_problem(os.environ.get("TF_CONFIG"))
-        if problem:
-            raise ValueError(f"--strategy=multi_worker: {problem}")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return cluster.multi_worker_strategy(worker_timeout)
     if int(cpu_devices) > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:

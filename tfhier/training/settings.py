@@ -84,6 +84,9 @@ class TrainSettings:
         if self.kl_regularizer not in objectives.KL_REGULARIZERS:
             raise ValueError(f"--kl_regularizer must be one of {objectives.KL_REGULARIZERS}, got "
                              f"{self.kl_regularizer!r}")
+        from tfhier.checks import check_train_settings  # limits shared with the Python API and evaluation
+
+        check_train_settings(self)
 
 
 def check_settings_for(model_name, settings: TrainSettings):
