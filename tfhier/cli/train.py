@@ -10,6 +10,7 @@ from its latest checkpoint.  See README.md.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 from tfhier.cli import prepare  # (no TensorFlow)
