@@ -490,7 +490,7 @@ def test_polyphonic_notes_of_any_size_give_a_short_message(tmp_path, note, expec
 
 
 def test_a_run_stopped_before_any_checkpoint_says_so():
-    message = training._kept(SimpleNamespace(manager=SimpleNamespace(latest_checkpoint=None)))
+    message = training.kept_message(SimpleNamespace(manager=SimpleNamespace(latest_checkpoint=None)))
     assert "None" not in message and "no checkpoint had been written" in message
 
 

@@ -23,7 +23,6 @@ Every problem with the run directory raises :class:`RunError` (a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re

@@ -11,7 +11,6 @@ time, or one ``.mid`` per sample plus the piano-roll image.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import tensorflow as tf

@@ -15,7 +15,6 @@ parameter counts and the paper's numbers beside), and prints the table.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 SETTINGS = ("standard", "noiseless", "switch", "rand", "long", "zero_shot", "add")

@@ -38,7 +38,7 @@ from tfhier.training.checkpoints import Checkpointer
 from tfhier.training.config import IDENTITY_KEYS, check_run_dir, run_config, write_flags, write_hparams
 from tfhier.training.distribution import (STRATEGIES, check_batch_for, distribute, fill_batch, is_chief,
                                           is_multi_worker, make_strategy, resolve_jit_compile, same_on_all_workers)
-from tfhier.training.loop import train
+from tfhier.training.loop import kept_message, train
 from tfhier.training.monitor import TrainingMonitor, metric_tag
 from tfhier.training.progress import Progress
 from tfhier.training.settings import TrainSettings, check_settings_for, make_objective, make_optimizer
@@ -49,6 +49,6 @@ _SignalStop = SignalStop
 
 __all__ = ["IDENTITY_KEYS", "STRATEGIES", "Checkpointer", "Preempted", "Progress", "RunDirError", "SignalStop",
            "TrainSettings", "TrainingMonitor", "check_batch_for", "check_run_dir", "check_settings_for", "distribute",
-           "fill_batch", "is_chief", "is_multi_worker", "make_objective", "make_optimizer", "make_strategy",
-           "metric_tag", "model_variables", "resolve_jit_compile", "run_config", "same_on_all_workers", "train", "write_flags",
-           "write_hparams"]
+           "fill_batch", "is_chief", "is_multi_worker", "kept_message", "make_objective", "make_optimizer",
+           "make_strategy", "metric_tag", "model_variables", "resolve_jit_compile", "run_config",
+           "same_on_all_workers", "train", "write_flags", "write_hparams"]

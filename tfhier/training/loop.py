@@ -184,17 +184,17 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
     if monitor.failed:
         raise FloatingPointError(
             f"training stopped at step {checkpointer.step}: {monitor.consecutive_nonfinite} consecutive non-finite "
-            f"losses; {_kept(checkpointer)}")
+            f"losses; {kept_message(checkpointer)}")
     if stop.received is not None:
         raise Preempted(stop.received, checkpointer.step, checkpointer.manager.latest_checkpoint)
     if checkpointer.step < settings.train_steps and not early_stop:
         raise FloatingPointError(f"training stopped at step {checkpointer.step}, short of --train_steps="
                                  f"{settings.train_steps} ({monitor.consecutive_nonfinite} non-finite steps at the "
-                                 f"end); {_kept(checkpointer)}")
+                                 f"end); {kept_message(checkpointer)}")
     return model, history
 
 
-def _kept(checkpointer) -> str:
+def kept_message(checkpointer) -> str:
     """What a run that stopped on non-finite losses keeps, for its message."""
     latest = checkpointer.manager.latest_checkpoint
     return f"the last good checkpoint {latest} was kept" if latest else "no checkpoint had been written yet"
