@@ -32,14 +32,18 @@ import tensorflow as tf
 _PACKAGE = "tfhier"
 
 
-def _matmul_last(x, w, bias=None):
-    """``x[..., i] @ w[i, j] (+ bias[j])`` for a rank-3 ``x``.
+def matmul_last(x, w, bias=None):
+    """``x[..., i] @ w[i, j] (+ bias[j])`` for an ``x`` of any rank >= 2.
 
     One 2-D MatMul + BiasAdd rather than an einsum and a broadcast add: on CPU
     the pair fuses (oneDNN), and their gradients are plain MatMuls and
     BiasAddGrad, where a broadcast add's gradient is a generic reduction that
-    cost ~15% of a training step (bench/train_step.py).
+    cost ~15% of a training step (bench/train_step.py).  A rank-2 ``x`` (one
+    step inside a loop) needs no reshape.
     """
+    if x.shape.rank == 2:
+        y = tf.matmul(x, w)
+        return y if bias is None else tf.nn.bias_add(y, bias)
     shape = tf.shape(x)
     y = tf.matmul(tf.reshape(x, (-1, x.shape[-1])), w)
     if bias is not None:
@@ -191,7 +195,7 @@ class CausalConv1D(keras.layers.Layer):
     def call(self, x):
         k, d = self.kernel_size, self.dilation_rate
         if k == 1:
-            return _matmul_last(x, self.kernel[0], self.bias)
+            return matmul_last(x, self.kernel[0], self.bias)
         if d == 1:
             # oneDNN's convolution: ~30% faster than the im2col product here (bench/train_step.py),
             # but TF's CPU kernels have no gradient for dilation > 1.
@@ -201,7 +205,7 @@ class CausalConv1D(keras.layers.Layer):
             xp = tf.pad(x, [[0, 0], [(k - 1) * d, 0], [0, 0]])
             # Tap j (0 = oldest) sees x_{t-(k-1-j)d}; one matmul over all taps.
             taps = tf.concat([time_slice(xp, j * d, t) for j in range(k)], axis=-1)
-            return _matmul_last(taps, tf.reshape(self.kernel, (-1, self.filters)), self.bias)
+            return matmul_last(taps, tf.reshape(self.kernel, (-1, self.filters)), self.bias)
         return tf.nn.bias_add(y, self.bias) if self.use_bias else y
 
     def get_config(self):
@@ -233,7 +237,7 @@ class StridedConv1D(keras.layers.Layer):
     def call(self, x):
         b, t, c = tf.shape(x)[0], tf.shape(x)[1], x.shape[-1]
         frames = tf.reshape(x, (b, t // self.factor, self.factor * c))
-        return _matmul_last(frames, tf.reshape(self.kernel, (-1, self.filters)), self.bias)
+        return matmul_last(frames, tf.reshape(self.kernel, (-1, self.filters)), self.bias)
 
     def step(self, xs):
         """One coarse step from the list of its S fine inputs ``[B, C_in]`` (oldest first): ``[B, C_out]``."""
@@ -265,7 +269,7 @@ class StridedConv1DTranspose(keras.layers.Layer):
 
     def call(self, x):
         b, t = tf.shape(x)[0], tf.shape(x)[1]
-        y = _matmul_last(x, tf.reshape(self.kernel, (x.shape[-1], -1)))
+        y = matmul_last(x, tf.reshape(self.kernel, (x.shape[-1], -1)))
         return tf.nn.bias_add(tf.reshape(y, (b, t * self.factor, self.filters)), self.bias)
 
     def step(self, x):
@@ -334,7 +338,7 @@ class PointwiseMLP(keras.layers.Layer):
         ``first_product(u, 0, n) + first_product(v, n, n + m, bias=True)``, so a part that does not change inside
         a loop is multiplied once for all steps (:meth:`from_first`)."""
         first = self.layers_[0] if self.layers_ else self.out
-        return _matmul_last(x, first.kernel[0][start:stop], first.bias if bias else None)
+        return matmul_last(x, first.kernel[0][start:stop], first.bias if bias else None)
 
     def from_first(self, pre):
         """The MLP's output from its first layer's pre-activation ``pre`` (see :meth:`first_product`)."""

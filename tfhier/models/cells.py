@@ -20,6 +20,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from tfhier.blocks import matmul_last
+
 KINDS = ("lstm", "gru", "simple")
 
 
@@ -66,14 +68,7 @@ def input_projection(cell, x, kernel_rows=None, bias=True):
         kernel = kernel[start:stop]
         if start != 0:
             bias = None
-    if x.shape.rank == 2:
-        y = tf.matmul(x, kernel)
-        return y if bias is None else tf.nn.bias_add(y, bias)
-    shape = tf.shape(x)
-    y = tf.matmul(tf.reshape(x, (-1, x.shape[-1])), kernel)
-    if bias is not None:
-        y = tf.nn.bias_add(y, bias)
-    return tf.reshape(y, tf.concat([shape[:-1], [kernel.shape[-1]]], axis=0))
+    return matmul_last(x, kernel, bias)
 
 
 def recur(cell, projection, state):
