@@ -9,7 +9,7 @@ with public PyTorch peers.
         --peer_dir=$S/benchmarking-lvms --pairs=4
 
 Each config is a flagfile (``configs/<name>.cfg``: the model and its sizes) trained on random 0/1 inputs of its
-data's width (88 keys; 1 for the VHRNN synthetic data, Gaussian inputs there), at ``--batch_size`` x ``--seq_len``
+data's width (88 keys; 2 for the VHRNN synthetic data, Gaussian inputs there), at ``--batch_size`` x ``--seq_len``
 (0: the config's own), with each objective of ``--objectives`` (``config``: the config's own; IWAE and FIVO with
 ``--particles``), in each mode of ``--modes``: ``graph`` (tf.function) and ``xla`` (the step XLA-compiled, as
 ``train.py --jit_compile``); ``default`` is what train.py does without the flag (the model's
@@ -82,7 +82,9 @@ def build(name):
     model_name = values["model"]
     config = {h.name: h.parse(values[h.name], f"{path}: --{h.name}") for h in MODELS[model_name].HPARAMS
               if h.name in values}
-    width = 1 if values.get("dataset") == "vhrnn_synthetic" else 88
+    from tfhier.data import dataset_shape
+
+    width = dataset_shape("vhrnn_synthetic")[1] if values.get("dataset") == "vhrnn_synthetic" else 88
     return build_model(model_name, width, config).build_for_data(), values, path, width
 
 

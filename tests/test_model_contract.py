@@ -57,6 +57,8 @@ VARIANTS = {
     "srnn_filtering": ("srnn", dict(posterior="filtering", res_q=False, activation="relu")),
     "vhrnn_gru_latent": ("vhrnn", dict(cell="gru", hyper_input="latent")),
     "vosp_normal_lstm": ("vosp", dict(prior="normal", storn_cell="lstm")),
+    "vosp_table2": ("vosp", dict(activation="tanh", output_bias=-0.8, mlp_hidden=[])),
+    "vrnn_clamp": ("vrnn", dict(scale_fn="clamp")),
     "vrae_normal": ("vrae", dict(prior="normal")),
 }
 CASES = {**{name: (name, {}) for name in MODELS}, **VARIANTS}

@@ -137,7 +137,7 @@ class CausalConv1D(keras.layers.Layer):
     """
 
     def __init__(self, filters, kernel_size=1, dilation_rate=1, use_bias=True, kernel_initializer="glorot_uniform",
-                 **kwargs):
+                 bias_initializer="zeros", **kwargs):
         super().__init__(**kwargs)
         if kernel_size < 1 or dilation_rate < 1:
             raise ValueError(f"{self.name}: kernel_size and dilation_rate must be >= 1, "
@@ -147,13 +147,15 @@ class CausalConv1D(keras.layers.Layer):
         self.dilation_rate = int(dilation_rate)
         self.use_bias = use_bias
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def build(self, input_shape):
         in_channels = int(input_shape[-1])
         self.kernel = self.add_weight(
             name="kernel", shape=(self.kernel_size, in_channels, self.filters),
             initializer=self.kernel_initializer)
-        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros") if self.use_bias else None
+        self.bias = (self.add_weight(name="bias", shape=(self.filters,), initializer=self.bias_initializer)
+                     if self.use_bias else None)
 
     @property
     def receptive_field(self):
@@ -211,7 +213,8 @@ class CausalConv1D(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "dilation_rate": self.dilation_rate, "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer)}
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -7,9 +7,24 @@ shape ``[D]`` (``distribution``).  Keeping the two apart lets a model return
 the raw parameters (tests check causality on them; SavedModels can return them)
 and build the distribution where it is needed.
 
-Gaussian scales, here and for the latent variables, are
-``clip(softplus(eta_sigma), 1e-3, 5)`` (A.2; eq. 14's "softmax" is a typo for
-softplus, which eq. 11 uses).
+Gaussian scales, here and for the latent variables, come from the pre-activation
+``eta_sigma`` by one of :data:`SCALE_FNS` (each model's ``scale_fn``
+hyperparameter, its paper's choice by default):
+
+* ``clamp``: ``clip(softplus(eta_sigma), 1e-3, 5)``, MS-STCN appendix A.2 and
+  the authors' code (eq. 14's "softmax" is a typo for softplus, which eq. 11
+  uses).  Its gradient is exactly zero outside [1e-3, 5]: a unit pushed past
+  the cap cannot come back through it.
+* ``softplus``: ``softplus(eta_sigma) + 1e-4``, no cap: VRNN (Chung et al.'s
+  code) and VHRNN, which builds on FIVO's code (``max(softplus(eta_sigma +
+  0.25), sigma_min)`` there; the 0.25 is an initial offset).  The floor keeps
+  log-densities finite in float32 and, being added rather than a ``max``,
+  leaves the gradient ``sigmoid(eta_sigma)`` non-zero everywhere.
+* ``exp``: ``eta_sigma`` is a log-variance, ``sigma = exp(eta_sigma / 2)``:
+  SRNN eqs. (3) and (10) ("mean and log-variance"), and STORN, which applies
+  SGVB with Kingma & Welling's Gaussian encoder (log sigma^2 outputs).
+  ``eta_sigma`` is clipped to [-40, 40] first (sigma in [2e-9, 5e8]) only so
+  that a diverging unit gives a large finite scale, not inf.
 
 ``temperature`` scales the sampling distribution: Gaussian scales are
 multiplied by it and mixture/Bernoulli logits divided by it, so 1 is the model
@@ -55,11 +70,36 @@ DISTRIBUTION_DTYPE = "float32"
 
 SCALE_MIN = 1e-3
 SCALE_MAX = 5.0
+SCALE_FLOOR = 1e-4
 
 
-def gaussian_scale(eta_sigma):
+def clamped_scale(eta_sigma):
     """A.2: softplus, then clamped to [1e-3, 5]."""
     return tf.clip_by_value(tf.nn.softplus(eta_sigma), SCALE_MIN, SCALE_MAX)
+
+
+def softplus_scale(eta_sigma):
+    """softplus plus a floor of 1e-4, no cap (VRNN, VHRNN)."""
+    return tf.nn.softplus(eta_sigma) + SCALE_FLOOR
+
+
+LOG_VARIANCE_LIMIT = 40.0
+
+
+def exp_scale(eta_sigma):
+    """``eta_sigma`` a log-variance: ``exp(eta_sigma / 2)`` (SRNN eq. 3, STORN), ``eta_sigma`` within +-40."""
+    return tf.exp(0.5 * tf.clip_by_value(eta_sigma, -LOG_VARIANCE_LIMIT, LOG_VARIANCE_LIMIT))
+
+
+#: a Gaussian's scale from its pre-activation, by the ``scale_fn`` hyperparameter (module docstring)
+SCALE_FNS = {"clamp": clamped_scale, "softplus": softplus_scale, "exp": exp_scale}
+
+
+def gaussian_scale(eta_sigma, scale_fn="clamp"):
+    """The scale of a Gaussian from its pre-activation ``eta_sigma`` by ``scale_fn`` (one of :data:`SCALE_FNS`)."""
+    if scale_fn not in SCALE_FNS:
+        raise ValueError(f"--scale_fn must be one of {sorted(SCALE_FNS)}, got {scale_fn!r}")
+    return SCALE_FNS[scale_fn](eta_sigma)
 
 
 BERNOULLI_SHIFT_MIN = 1e-3
@@ -67,14 +107,20 @@ BERNOULLI_SHIFT_MIN = 1e-3
 
 class Head(keras.layers.Layer):
     """Base class: ``call(g) -> eta``, ``distribution(eta) -> tfd.Distribution``; ``shift`` / ``scale``: the
-    data normaliser (module docstring), None for none."""
+    data normaliser (module docstring), None for none; ``scale_fn``: how Gaussian scales come from ``eta``
+    (:data:`SCALE_FNS`; heads saved without it were built with ``clamp``); ``output_bias``: the initial bias of
+    every output of the projection (STORN's b_y = -0.8 on a Bernoulli head's logits)."""
 
     #: data dimensions modelled by a Bernoulli (the others are Gaussian); None: all of them
     BERNOULLI_DIMS = ()
 
-    def __init__(self, dim, shift=None, scale=None, **kwargs):
+    def __init__(self, dim, shift=None, scale=None, scale_fn="clamp", output_bias=0.0, **kwargs):
         super().__init__(**kwargs)
         self.dim = int(dim)
+        self.output_bias = float(output_bias)
+        if scale_fn not in SCALE_FNS:
+            raise ValueError(f"{self.name}: scale_fn must be one of {sorted(SCALE_FNS)}, got {scale_fn!r}")
+        self.scale_fn = scale_fn
         self.shift = None if shift is None or len(shift) == 0 else [float(v) for v in shift]
         self.scale = None if scale is None or len(scale) == 0 else [float(v) for v in scale]
         if (self.shift is None) != (self.scale is None):
@@ -121,7 +167,8 @@ class Head(keras.layers.Layer):
         return tf.math.log(tf.constant(p, tf.float32) / (1.0 - tf.constant(p, tf.float32)))
 
     def build(self, g_shape):
-        self.proj = CausalConv1D(self.param_size, 1, name="proj", dtype=DISTRIBUTION_DTYPE)
+        self.proj = CausalConv1D(self.param_size, 1, bias_initializer=keras.initializers.Constant(self.output_bias),
+                                 name="proj", dtype=DISTRIBUTION_DTYPE)
 
     @property
     def param_size(self) -> int:
@@ -134,7 +181,8 @@ class Head(keras.layers.Layer):
         raise NotImplementedError
 
     def get_config(self):
-        return {**super().get_config(), "dim": self.dim, "shift": self.shift, "scale": self.scale}
+        return {**super().get_config(), "dim": self.dim, "shift": self.shift, "scale": self.scale,
+                "scale_fn": self.scale_fn, "output_bias": self.output_bias}
 
 
 def _unnormalize(mu, sigma, shift, scale):
@@ -153,7 +201,7 @@ class GaussianHead(Head):
 
     def distribution(self, eta, temperature=1.0):
         mu, s = tf.split(eta, 2, axis=-1)
-        mu, sigma = _unnormalize(mu, gaussian_scale(s), *self._gaussian_affine(range(self.dim)))
+        mu, sigma = _unnormalize(mu, gaussian_scale(s, self.scale_fn), *self._gaussian_affine(range(self.dim)))
         return tfd.Independent(tfd.Normal(mu, sigma * temperature), reinterpreted_batch_ndims=1)
 
 
@@ -183,10 +231,11 @@ def _split_mixture(eta, n, per_component):
 MIXTURES = ("joint", "per_dim")
 
 
-def _gaussian_mixture(logits, mu, s, temperature, mixture, shift=None, data_scale=None):
+def _gaussian_mixture(logits, mu, s, temperature, mixture, scale_fn, shift=None, data_scale=None):
     """Mixture of n diagonal Gaussians with ``logits`` [..., n], ``mu``/``s`` [..., n, D]: event shape [D];
-    ``shift`` / ``data_scale`` [D]: the normaliser's (mapped back to data units), or None."""
-    mu, scale = _unnormalize(mu, gaussian_scale(s), shift, data_scale)
+    ``scale_fn``: :data:`SCALE_FNS`' name; ``shift`` / ``data_scale`` [D]: the normaliser's (mapped back to data
+    units), or None."""
+    mu, scale = _unnormalize(mu, gaussian_scale(s, scale_fn), shift, data_scale)
     scale = scale * temperature
     if mixture == "joint":
         return tfd.MixtureSameFamily(tfd.Categorical(logits=logits / temperature),
@@ -221,7 +270,8 @@ class GaussianMixtureHead(Head):
     def distribution(self, eta, temperature=1.0):
         logits, params = _split_mixture(eta, self.components, 2 * self.dim)
         mu, s = tf.split(params, 2, axis=-1)
-        return _gaussian_mixture(logits, mu, s, temperature, self.mixture, *self._gaussian_affine(range(self.dim)))
+        return _gaussian_mixture(logits, mu, s, temperature, self.mixture, self.scale_fn,
+                                 *self._gaussian_affine(range(self.dim)))
 
     def get_config(self):
         return {**super().get_config(), "components": self.components, "mixture": self.mixture}
@@ -283,7 +333,8 @@ class HandwritingHead(Head):
         pen_logit = pen_logit if offset is None else pen_logit + offset
         logits, params = _split_mixture(eta[..., 1:], self.components, 4)
         mu, s = tf.split(params, 2, axis=-1)
-        offsets = _gaussian_mixture(logits, mu, s, temperature, self.mixture, *self._gaussian_affine([0, 1]))
+        offsets = _gaussian_mixture(logits, mu, s, temperature, self.mixture, self.scale_fn,
+                                     *self._gaussian_affine([0, 1]))
         pen = tfd.Independent(tfd.Bernoulli(logits=pen_logit / temperature, dtype=tf.float32),
                               reinterpreted_batch_ndims=1)
         return tfd.Blockwise([offsets, pen])

@@ -86,7 +86,15 @@ def read_config(run_dir) -> dict:
     if problem:
         raise RunError(problem)
     path = os.path.join(str(run_dir), "config.json")
-    return check_config(path, read_config_file(path))
+    return completed_config(check_config(path, read_config_file(path)))
+
+
+def completed_config(config: dict) -> dict:
+    """``config`` with its ``model_config`` completed with what the run was trained with for hyperparameters added
+    after it was written (e.g. ``scale_fn``: ``clamp``), so old runs rebuild as they were trained."""
+    from tfhier.models import stored_model_config
+
+    return {**config, "model_config": stored_model_config(config["model"], config["model_config"])}
 
 
 def read_config_file(path) -> dict:
@@ -380,6 +388,6 @@ def load_run(run_dir, checkpoint: Optional[str] = None, *, with_data: bool = Tru
     return Run(run_dir=str(run_dir), config=config, flags=flags, model=model, checkpoint=path, step=step, data=data)
 
 
-__all__ = ["DATA_FLAGS", "Run", "RunError", "checkpoint_step", "data_options", "latest_checkpoint", "load_model",
-           "info_differences", "jsonable_info", "load_run", "load_run_data", "parse_flags_text", "read_config",
+__all__ = ["DATA_FLAGS", "Run", "RunError", "checkpoint_step", "completed_config", "data_options", "latest_checkpoint",
+           "load_model", "info_differences", "jsonable_info", "load_run", "load_run_data", "parse_flags_text", "read_config",
            "read_flags", "restore_model_weights"]

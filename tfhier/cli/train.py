@@ -48,11 +48,14 @@ flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per step
 flags.DEFINE_float("adam_epsilon", 1e-7, "Adam's epsilon (Keras' default; the MS-STCN authors' code uses 1e-8).")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
 flags.DEFINE_boolean("jit_compile", None, "Compile the training and validation steps with XLA. Default: what the "
-                     "model declares (jit_compile_default: on for the recurrent models, whose many small per-step "
-                     "operations XLA fuses; off for the convolutional ones, where it is no faster on CPU and uses "
-                     "more memory; bench/recurrent.py and bench/train_step.py measure both), on one device only "
-                     "(--strategy=mirrored|multi_worker train in graph mode unless --jit_compile is given). "
-                     "Batches are then padded to a few fixed lengths, since XLA compiles once per shape.")
+                     "model declares (jit_compile_default), on one device only (--strategy=mirrored|multi_worker "
+                     "train in graph mode unless --jit_compile is given). On for the recurrent models: measured on a "
+                     "2-vCPU AMD EPYC (Zen 2) with bench/recurrent.py, XLA against graph mode ran SRNN (srnn_jsb, "
+                     "ELBO, 16 x 200) 1.5x faster (peak memory 2.0 GB while compiling against 1.2 GB: "
+                     "--nojit_compile where memory is short), VRNN and VHRNN with FIVO (batch 4) 3.1-7.7x faster. "
+                     "Off for the convolutional models (MS-STCN, STCN, WaveNet), where bench/train_step.py found it no "
+                     "faster on CPU, with more memory. Batches are then padded to a few fixed lengths, since XLA "
+                     "compiles once per shape; docs/benchmarks.md has the figures.")
 flags.DEFINE_boolean("mixed_precision", False, "Train the convolutional models under Keras' mixed_bfloat16 policy: "
                      "layers compute in bfloat16, distributions, KLs and losses in float32, weights and checkpoints "
                      "stay float32 (evaluate.py, sample.py and export run in float32). bench/train_step.py "

@@ -33,6 +33,14 @@ def build_model(name, input_dim, config: dict) -> SequenceModel:
     return model_class(name)(input_dim, **config)
 
 
+def stored_model_config(name, model_config: dict) -> dict:
+    """A run's stored ``model_config`` completed with the values it was trained with for hyperparameters added
+    since it was written (:func:`tfhier.models.hparams.complete_stored`); unknown model names are left alone."""
+    if name not in MODELS:
+        return dict(model_config)
+    return hparams.complete_stored(MODELS[name], model_config)
+
+
 #: the output heads that are densities of each kind of data
 HEADS_FOR_KIND = {"handwriting": ("handwriting", "gaussian", "gmm"), "binary": ("bernoulli", "bernoulli_mixture"),
                   "audio": ("gaussian", "gmm"), "real": ("gaussian", "gmm")}
@@ -66,4 +74,4 @@ def define_flags(flag_values, module_name, reserved=()):
 
 __all__ = ["MODELS", "MSSTCN", "ModelOutput", "SRNN", "STCN", "STCNDense", "SequenceModel", "VHRNN", "VOSP", "VRAE",
            "VRNN", "WaveNetDense", "WaveNetModel",
-           "build_model", "config_for_data", "config_from_flags", "define_flags", "model_class"]
+           "build_model", "config_for_data", "config_from_flags", "define_flags", "model_class", "stored_model_config"]

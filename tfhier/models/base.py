@@ -82,9 +82,15 @@ tfd = tfp.distributions
 _KERAS_KWARGS = ("name", "dtype", "trainable")
 
 
-def head_hparams(default_head="gaussian", default_components=10):
-    """The output-head hyperparameters every model has (:mod:`tfhier.heads`)."""
-    from tfhier.heads import HEADS
+#: the help text of ``activation``, which models declare with their own choices and defaults
+ACTIVATION_HELP = ("srnn, vosp, vrae: hidden-layer nonlinearity of the MLPs (SRNN appendix A: leaky ReLU 1/3 clipped "
+                   "at +-3; STORN's Table 2: tanh).")
+
+
+def head_hparams(default_head="gaussian", default_components=10, default_scale_fn="clamp"):
+    """The output-head hyperparameters every model has (:mod:`tfhier.heads`), and ``scale_fn``: how every Gaussian
+    of the model (latents and output) gets its scale; runs stored before it existed used ``clamp``."""
+    from tfhier.heads import HEADS, SCALE_FNS
 
     return (
         hp.HParam("head", "str", default_head, "Output distribution of one step ('auto' in train.py: by data kind).",
@@ -93,15 +99,21 @@ def head_hparams(default_head="gaussian", default_components=10):
         hp.HParam("mixture", "str", "joint", "Gaussian-mixture heads (gmm, handwriting): one component for the whole "
                   "step (joint, A.2) or a product of 1-D mixtures with per-dimension component draws (per_dim).",
                   choices=("joint", "per_dim")),
+        hp.HParam("scale_fn", "str", default_scale_fn, "Scale of every Gaussian (latents and output) from its "
+                  "pre-activation: clamp = clip(softplus, 1e-3, 5) (MS-STCN A.2); softplus = softplus + 1e-4, no cap "
+                  "(VRNN, VHRNN); exp = exp(pre / 2), a log-variance (SRNN eq. 3, STORN).",
+                  choices=tuple(sorted(SCALE_FNS)), stored_default="clamp"),
     )
 
 
-def make_model_head(model, name="head"):
-    """The output head a model's ``head*`` and ``mixture`` hyperparameters describe."""
+def make_model_head(model, name="head", **kwargs):
+    """The output head a model's ``head*``, ``mixture`` and ``scale_fn`` hyperparameters describe (``kwargs``: more
+    of :class:`tfhier.heads.Head`'s arguments)."""
     from tfhier.heads import make_head
 
     h = model.hparams
-    return make_head(h["head"], model.input_dim, h["head_components"], mixture=h["mixture"], name=name)
+    return make_head(h["head"], model.input_dim, h["head_components"], mixture=h["mixture"], scale_fn=h["scale_fn"],
+                     name=name, **kwargs)
 
 
 @dataclasses.dataclass
@@ -119,12 +131,13 @@ class ModelOutput:
     kl_elements: Optional[list] = None
 
 
-def latent_normal(params):
-    """Eq. (11)/(13): ``[mu, sigma_pre]`` -> element-wise Normal with the A.2 clamped softplus scale."""
+def latent_normal(params, scale_fn):
+    """Eq. (11)/(13): ``[mu, sigma_pre]`` -> element-wise Normal, its scale by ``scale_fn`` (the model's
+    hyperparameter: :data:`tfhier.heads.SCALE_FNS`)."""
     from tfhier.heads import gaussian_scale
 
     mu, s = tf.split(tf.cast(params, tf.float32), 2, axis=-1)  # float32 under mixed precision too
-    return tfd.Normal(mu, gaussian_scale(s))
+    return tfd.Normal(mu, gaussian_scale(s, scale_fn))
 
 
 #: the longest sequence the quadratic naive sampler draws where nobody asked for it explicitly
@@ -288,6 +301,11 @@ class SequenceModel(keras.Model):
     def hparams(self) -> dict:
         """The model's hyperparameters, defaults filled in (a copy)."""
         return hp.copy_value(self._hparams)
+
+    @property
+    def scale_fn(self) -> str:
+        """How the model's Gaussians get their scales (:data:`tfhier.heads.SCALE_FNS`)."""
+        return self._hparams["scale_fn"]
 
     def get_config(self):
         """Everything the constructor needs: ``input_dim``, ``noise_seed`` and every hyperparameter."""

@@ -12,7 +12,9 @@ A model class lists its hyperparameters as :class:`HParam` entries in
   its ``--help`` saying which models use it and each one's default;
 * the mapping from flags to a configuration (:func:`config_from_flags`): a
   flag given explicitly (on the command line or in a flagfile) to a model that
-  does not declare it is an error, not silently ignored.
+  does not declare it is an error, not silently ignored;
+* how a stored configuration written before a hyperparameter existed is read
+  (:func:`complete_stored`: the value it was trained with, ``stored_default``).
 
 Kinds: ``int``, ``float``, ``str`` (``choices`` optional), ``bool``, ``ints``
 (a comma-separated list of integers, e.g. one entry per layer), ``floats`` (a
@@ -44,6 +46,9 @@ class HParam:
     default: Any
     help: str
     choices: Optional[tuple] = None
+    #: the value a stored configuration written before this hyperparameter existed was trained with (None: the
+    #: default); :func:`complete_stored` fills it in, so old runs rebuild as they were trained
+    stored_default: Any = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -151,6 +156,17 @@ def resolve(cls, values: dict, *, model_name: str) -> dict:
     out = {}
     for name, h in declared.items():
         out[name] = h.parse(values[name], f"{model_name}: {name}") if name in values else copy_value(h.default)
+    return out
+
+
+def complete_stored(cls, values: dict) -> dict:
+    """A stored configuration (a run's ``config.json`` ``model_config``: ``get_config()`` when it was written)
+    with every hyperparameter it lacks set to the value it was trained with (``stored_default``); hyperparameters
+    that changed nothing have no ``stored_default`` and take the model's default when it is built."""
+    out = dict(values)
+    for h in cls.HPARAMS:
+        if h.name not in out and h.stored_default is not None:
+            out[h.name] = copy_value(h.stored_default)
     return out
 
 
@@ -263,5 +279,5 @@ def config_from_flags(models: dict, model_name: str, flag_values, model_config: 
     return values
 
 
-__all__ = ["HParam", "HParamError", "KINDS", "config_from_flags", "copy_value", "define_flags", "flag_table",
-           "read_model_config_flag", "resolve"]
+__all__ = ["HParam", "HParamError", "KINDS", "complete_stored", "config_from_flags", "copy_value", "define_flags",
+           "flag_table", "read_model_config_flag", "resolve"]

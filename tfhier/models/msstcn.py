@@ -192,7 +192,7 @@ class MSSTCN(SequenceModel):
                     name=f"top_down_g_{l + 1}")
             for l in range(n)]
         self.head = make_head(hp["head"], input_dim, hp["head_components"], mixture=hp["mixture"],
-                              shift=hp["data_shift"], scale=hp["data_scale"], name="head")
+                              shift=hp["data_shift"], scale=hp["data_scale"], scale_fn=hp["scale_fn"], name="head")
 
     def _validate(self):
         n = len(self.channels)
@@ -306,8 +306,8 @@ class MSSTCN(SequenceModel):
             if not self.use_latents:
                 g = self.top_down_g[l](h)
                 continue
-            prior = latent_normal(self.prior_proj[l](h))
-            posterior = latent_normal(self.posterior_proj[l](tf.concat([h, d[l]], axis=-1)))
+            prior = latent_normal(self.prior_proj[l](h), self.scale_fn)
+            posterior = latent_normal(self.posterior_proj[l](tf.concat([h, d[l]], axis=-1)), self.scale_fn)
             eps = tf.transpose(latent_noise(seed, l, steps_l, b, self.latent_dims_[l]), [1, 0, 2])
             if latents == "posterior":
                 z = posterior.loc + posterior.scale * eps
@@ -544,12 +544,13 @@ class MSSTCNGenerator:
         """z^(l) of coarse step tau from its prior (or posterior, priming) and the top-down stack's outputs."""
         model = self.model
         with tf.name_scope(f"top_down_{l + 1}"):
-            prior = latent_normal(model.prior_proj[l].step1(h))
+            prior = latent_normal(model.prior_proj[l].step1(h), model.scale_fn)
             eps = tf.gather(ctx.eps[l], tau - ctx.base[l])
             z = prior.loc + prior.scale * (ctx.temperature * eps)
             if ctx.primed:
                 d_now = tf.gather(ctx.d_obs[l], tau - ctx.base[l], axis=1)
-                posterior = latent_normal(model.posterior_proj[l].step1(tf.concat([h, d_now], axis=-1)))
+                posterior = latent_normal(model.posterior_proj[l].step1(tf.concat([h, d_now], axis=-1)),
+                                          model.scale_fn)
                 use_posterior = self.factors[l] * (tau + 1) <= ctx.lengths
                 z = tf.where(use_posterior[:, None], posterior.loc + posterior.scale * eps, z)
             if model.gen_post == "conditional":

@@ -25,9 +25,11 @@ Choices (appendix A gives the sizes; where it is silent):
   extract features"); leaky rectifiers with leakiness 1/3 clipped at +-3
   (``activation='clipped_leaky_relu'``, A.1).
 * A Gaussian's mean and scale come from one network with two outputs (the
-  paper's NN_1, NN_2 share their input); the scale is clip(softplus, 1e-3, 5)
-  rather than exp(log v / 2), as everywhere in tfhier; the latent networks'
-  last layers start at zero.
+  paper's NN_1, NN_2 share their input); the second output is the
+  log-variance of eqs. (3) and (10), ``sigma = exp(log v / 2)``
+  (``scale_fn='exp'``, also for a Gaussian output head; ``clamp`` is
+  MS-STCN's A.2 clamp, which runs stored before ``scale_fn`` existed used);
+  the latent networks' last layers start at zero.
 * KL warm-up (appendix A: beta from 0.2 to 1) is the ELBO's
   ``--kl_regularizer=anneal --beta_start=0.2 --anneal_steps=N``
   (``configs/srnn_jsb.cfg``).
@@ -55,7 +57,7 @@ import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
 from tfhier.models import cells
-from tfhier.models.base import head_hparams, latent_normal, make_model_head
+from tfhier.models.base import ACTIVATION_HELP, head_hparams, latent_normal, make_model_head
 from tfhier.models.hparams import HParam, HParamError
 from tfhier.models.recurrent import RecurrentModel
 from tfhier.models.vrnn import reverse_rnn, reverse_rnn_layer
@@ -71,7 +73,7 @@ class SRNN(RecurrentModel):
 
     NAME = "srnn"
     DESCRIPTION = "SRNN (Fraccaro et al. 2016): a GRU and a state-space layer, smoothing posterior, Res_q"
-    HPARAMS = head_hparams("gaussian", 10) + (
+    HPARAMS = head_hparams("gaussian", 10, "exp") + (
         HParam("latent_dims", "ints", [100], "Latent units per step of each layer (recurrent models: one layer)."),
         HParam("rnn_units", "int", 300, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
         HParam("mlp_hidden", "ints", [500], "Hidden ReLU layers of every MLP of a recurrent model."),
@@ -79,9 +81,7 @@ class SRNN(RecurrentModel):
         HParam("posterior", "str", "smoothing", "q(z_t | x_t, state) (filtering) or with a reverse RNN over the "
                "future observations (smoothing).", choices=("filtering", "smoothing")),
         HParam("res_q", "bool", True, "The posterior mean is the prior mean plus a learned residual (SRNN eq. 12)."),
-        HParam("activation", "str", "clipped_leaky_relu", "srnn: hidden-layer nonlinearity (appendix A: leaky ReLU "
-               "1/3 clipped at +-3).", choices=ACTIVATIONS),
-    )
+        HParam("activation", "str", "clipped_leaky_relu", ACTIVATION_HELP, choices=ACTIVATIONS),    )
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
         super().__init__(input_dim, noise_seed=noise_seed, **kwargs)
@@ -133,7 +133,7 @@ class SRNN(RecurrentModel):
         return {"a": reverse_rnn(self.backward_a, tf.concat([d, self.phi_x(x)], -1), mask)}
 
     def prior(self, state, prepared_t):
-        return latent_normal(self.prior_net(tf.concat([state["z"], state["d"]], -1)))
+        return latent_normal(self.prior_net(tf.concat([state["z"], state["d"]], -1)), self.scale_fn)
 
     def posterior(self, state, prior, x_t, prepared_t):
         if self.smoothing:
@@ -143,7 +143,7 @@ class SRNN(RecurrentModel):
         return self._posterior_from(state["z"], a, prior)
 
     def _posterior_from(self, z_previous, a, prior):
-        q = latent_normal(self.posterior_net(tf.concat([z_previous, a], -1)))
+        q = latent_normal(self.posterior_net(tf.concat([z_previous, a], -1)), self.scale_fn)
         if self.res_q:  # eq. 12
             q = type(q)(prior.loc + q.loc, q.scale)
         return q
@@ -181,10 +181,10 @@ class SRNN(RecurrentModel):
         z_prev, n = carry["z"], self.z_dim
         record = {"z_prev": z_prev}
         q = latent_normal(self.posterior_net.from_first(
-            self.posterior_net.first_product(z_prev, 0, n) + features_t["q_first"]))
+            self.posterior_net.first_product(z_prev, 0, n) + features_t["q_first"]), self.scale_fn)
         if self.res_q:  # eq. 12
             prior = latent_normal(self.prior_net.from_first(
-                self.prior_net.first_product(z_prev, 0, n) + features_t["p_first"]))
+                self.prior_net.first_product(z_prev, 0, n) + features_t["p_first"]), self.scale_fn)
             record.update(p_loc=prior.loc, p_scale=prior.scale)
             q = type(q)(prior.loc + q.loc, q.scale)
         z = q.loc + q.scale * eps_t

@@ -21,9 +21,9 @@ the model is autoregressive; latents are independent across time given x.
 Choices where the paper is silent or ambiguous (each a hyperparameter):
 
 * ``f^(l)``: "2 1x1 convolutions with ReLU" of 256 units (appendix 6.1) and a
-  linear 1x1 to ``[mu, sigma_pre]``; sigma = clip(softplus, 1e-3, 5) (the
-  authors' ``latent_sigma_threshold``, tfhier's scale everywhere).  The final
-  projection starts at zero (every KL starts near 0).
+  linear 1x1 to ``[mu, sigma_pre]``; sigma = clip(softplus, 1e-3, 5)
+  (``scale_fn='clamp'``: the authors' code clamps too, ``latent_sigma_threshold``).
+  The final projection starts at zero (every KL starts near 0).
 * ``shared_latent_nets=True`` follows §3.2's "both the inference and
   generative network share the same parameters including ... f^(l)": one
   network per layer computes the prior from ``d_{t-1}`` and the approximate
@@ -177,9 +177,11 @@ class STCN(SequenceModel):
         z_above = None
         for l in reversed(range(n)):
             d_prev = self.delay(d[l])
-            prior = latent_normal(self.prior_nets[l](d_prev if z_above is None else tf.concat([d_prev, z_above], -1)))
+            prior = latent_normal(self.prior_nets[l](d_prev if z_above is None else tf.concat([d_prev, z_above], -1)),
+                                  self.scale_fn)
             likelihood_net = self.prior_nets[l] if self.likelihood_nets is None else self.likelihood_nets[l]
-            approx = latent_normal(likelihood_net(d[l] if z_above is None else tf.concat([d[l], z_above], -1)))
+            approx = latent_normal(likelihood_net(d[l] if z_above is None else tf.concat([d[l], z_above], -1)),
+                                   self.scale_fn)
             posterior = precision_weighted(approx, prior, self.precision_weighting)
             eps = tf.transpose(latent_noise(seed, l, t, b, self.latent_dims_[l]), [1, 0, 2])
             if latents == "posterior":
@@ -207,7 +209,7 @@ class STCN(SequenceModel):
         for l in reversed(range(n)):
             d_prev = state["d_prev"][l]
             prior = latent_normal(self.prior_nets[l].step1(d_prev if z_above is None else
-                                                           tf.concat([d_prev, z_above], -1)))
+                                                           tf.concat([d_prev, z_above], -1)), self.scale_fn)
             zs[l] = z_above = prior.loc + prior.scale * (temperature * eps[l])
         return self.head.proj.step1(self.output_net.step1(self.observation_input(zs))), ()
 

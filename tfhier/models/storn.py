@@ -42,9 +42,17 @@ Choices where the paper is silent or that we do not follow:
 * ``cell='simple'`` is eq. 2's RNN (tanh); the paper uses fast-dropout RNNs
   (FD-RNNs, Bayer et al.): fast dropout is **not** done here.  ``'lstm'`` and
   ``'gru'`` are offered too.
-* MLPs have ``mlp_hidden`` ReLU layers; latent scales are clip(softplus,
-  1e-3, 5) as everywhere in tfhier; the latent networks' last layers start
-  at zero.
+* MLPs (the posterior's and the emission's) have ``mlp_hidden`` hidden layers
+  of ``activation``: ReLU by default, tanh as Table 2 (one hidden layer of
+  200, 400 or 600 tanh units for the music sets; ``configs/vosp_jsb.cfg``,
+  ``configs/vrae_jsb.cfg``); ``output_bias`` initialises the head's
+  projection bias (Table 2's b_y = -0.8).  Table 2's Gaussian initialisation
+  of the recurrent and input weights and its spectral-radius protocol are not
+  reproduced: the cells keep Keras' initialisers.
+* The latent scale: the paper does not say; STORN applies SGVB with Kingma &
+  Welling's Gaussian recognition model, whose network outputs log sigma^2, so
+  ``scale_fn='exp'`` (``sigma = exp(out / 2)``) by default; the latent
+  networks' last layers start at zero.
 * VRAE's bidirectional RNNs concatenate the two directions, each of
   ``rnn_units``, and skip padded steps (masking), so a sequence decodes the
   same whatever padding follows it.
@@ -58,8 +66,8 @@ import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP
 from tfhier.models import cells
-from tfhier.models.base import (ModelOutput, SequenceModel, gather_continuations, graph_call, head_hparams,
-                                latent_normal, make_model_head)
+from tfhier.models.base import (ACTIVATION_HELP, ModelOutput, SequenceModel, gather_continuations, graph_call,
+                                head_hparams, latent_normal, make_model_head)
 from tfhier.models.hparams import HParam, HParamError
 from tfhier.noise import generation_latent_seed, latent_noise, masked_inputs
 from tfhier.models.recurrent import RECURRENT_MIXED_PRECISION, RecurrentModel
@@ -98,10 +106,13 @@ def _run_cell(kind, cell, x, state):
     return run_cell("lstm" if kind == "lstm" else "gru", cell, x, state)
 
 
-STORN_HPARAMS = head_hparams("bernoulli", 10) + (
+STORN_HPARAMS = head_hparams("bernoulli", 10, "exp") + (
     HParam("latent_dims", "ints", [16], "Latent units per step of each layer (recurrent models: one layer)."),
     HParam("rnn_units", "int", 128, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
     HParam("mlp_hidden", "ints", [128], "Hidden ReLU layers of every MLP of a recurrent model."),
+    HParam("activation", "str", "relu", ACTIVATION_HELP, choices=("relu", "tanh")),
+    HParam("output_bias", "float", 0.0, "vosp/vrae: initial bias of the output head's projection (STORN's Table 2: "
+           "b_y = -0.8 on the logits for the music sets)."),
     HParam("prior", "str", "wiener", "vosp/vrae: the latent prior: the Wiener process of STORN §3.3 (wiener) or "
            "N(0, I) per step (normal).", choices=PRIORS),
     HParam("storn_cell", "str", "simple", "vosp/vrae: the recurrent cell: simple (eq. 2's tanh RNN; the paper adds "
@@ -132,9 +143,10 @@ class VOSP(RecurrentModel):
         self.z_dim, self.units, self.kind, self.wiener = (hp["latent_dims"][0], hp["rnn_units"], hp["storn_cell"],
                                                           hp["prior"] == "wiener")
         self.rnn = _storn_cell(self.kind, self.units, "rnn")
-        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, out_initializer="zeros", name="posterior")
-        self.emission_net = PointwiseMLP(hp["mlp_hidden"], name="emission")
-        self.head = make_model_head(self)
+        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, activation=hp["activation"],
+                                          out_initializer="zeros", name="posterior")
+        self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
+        self.head = make_model_head(self, output_bias=hp["output_bias"])
 
     @property
     def latent_dim(self):
@@ -151,7 +163,7 @@ class VOSP(RecurrentModel):
         return _run_cell(self.kind, self.rnn, x_t, {k: v for k, v in state.items() if k != "z"})
 
     def posterior(self, state, prior, x_t, prepared_t):
-        return latent_normal(self.posterior_net(self._recognise(state, x_t)["h"]))
+        return latent_normal(self.posterior_net(self._recognise(state, x_t)["h"]), self.scale_fn)
 
     def emission(self, state, z, prepared_t):
         return self.emission_net(tf.concat([state["h"], z], -1))
@@ -165,7 +177,7 @@ class VOSP(RecurrentModel):
     # -- the time-parallel split: the recognition RNN reads x alone, so only z_t = loc + scale * eps remains ----
     def sequence_features(self, x, mask):
         h = cells.scan(self.rnn, x)  # h_{1:T}: the recognition state after x_t
-        q = latent_normal(self.posterior_net(h))
+        q = latent_normal(self.posterior_net(h), self.scale_fn)
         h_previous = tf.pad(h[:, :-1], [[0, 0], [1, 0], [0, 0]])  # h_{t-1}, h_0 = 0
         return {"h_prev": h_previous, "q_loc": q.loc, "q_scale": q.scale}
 
@@ -216,10 +228,11 @@ class VRAE(SequenceModel):
                     keras.layers.RNN(cells[1], return_sequences=True, go_backwards=True, name=f"{name}_bw"))
 
         self.recognition = birnn("recognition")
-        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, out_initializer="zeros", name="posterior")
+        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, activation=hp["activation"],
+                                          out_initializer="zeros", name="posterior")
         self.generator = birnn("generator")
-        self.emission_net = PointwiseMLP(hp["mlp_hidden"], name="emission")
-        self.head = make_model_head(self)
+        self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
+        self.head = make_model_head(self, output_bias=hp["output_bias"])
 
     @property
     def latent_layer_names(self):
@@ -238,7 +251,7 @@ class VRAE(SequenceModel):
         return out * tf.cast(mask, tf.float32)[..., None]
 
     def _posterior(self, x, mask):
-        return latent_normal(self.posterior_net(self._bidirectional(self.recognition, x, mask)))
+        return latent_normal(self.posterior_net(self._bidirectional(self.recognition, x, mask)), self.scale_fn)
 
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
                 observed_lengths=None) -> ModelOutput:

@@ -15,8 +15,10 @@ Choices (each a hyperparameter; the VHRNN paper's synthetic VRNN is
 
 * every MLP has ``mlp_hidden`` ReLU layers and a linear output; the feature
   extractors output ``feature_units``; the latent networks output
-  ``[mu, sigma_pre]`` with sigma = clip(softplus, 1e-3, 5) (tfhier's scale
-  everywhere; FIVO uses softplus(raw + 0.25) with a floor) and start at zero.
+  ``[mu, sigma_pre]`` with ``sigma = softplus(sigma_pre) + 1e-4`` and no cap
+  (``scale_fn='softplus'``, also for a Gaussian output head: Chung et al.'s
+  code puts a softplus on the standard deviation, FIVO's
+  ``max(softplus(raw + 0.25), sigma_min)``) and start at zero.
 * ``posterior='filtering'`` is eq. 5.  ``'smoothing'`` is FIVO's smoothing
   proposal: a reverse LSTM (``rnn_units``) over ``phi_x(x_{t:T})`` replaces
   ``phi_x(x_t)`` in the posterior's input.  The VHRNN paper's parameter
@@ -96,7 +98,7 @@ class VRNN(RecurrentModel):
 
     NAME = "vrnn"
     DESCRIPTION = "VRNN (Chung et al. 2015): an LSTM with a latent variable per step, prior from its state"
-    HPARAMS = head_hparams("gaussian", 10) + (
+    HPARAMS = head_hparams("gaussian", 10, "softplus") + (
         HParam("latent_dims", "ints", [8], "Latent units per step of each layer (recurrent models: one layer)."),
         HParam("rnn_units", "int", 8, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
         HParam("mlp_hidden", "ints", [8, 8], "Hidden ReLU layers of every MLP of a recurrent model."),
@@ -145,7 +147,7 @@ class VRNN(RecurrentModel):
         return {"a": reverse_rnn(self.reverse, self.phi_x(x), mask)}
 
     def prior(self, state, prepared_t):
-        return latent_normal(self.prior_net(state["h"]))
+        return latent_normal(self.prior_net(state["h"]), self.scale_fn)
 
     def posterior(self, state, prior, x_t, prepared_t):
         evidence = prepared_t["a"] if self.smoothing else self.phi_x(x_t)
@@ -190,7 +192,7 @@ class VRNN(RecurrentModel):
             record.update(p_loc=prior.loc, p_scale=prior.scale)
         e = self.units if self.smoothing else self.hparams["feature_units"]
         q = latent_normal(self.posterior_net.from_first(
-            features_t["q_first"] + self.posterior_net.first_product(h, e, e + self.units)))
+            features_t["q_first"] + self.posterior_net.first_product(h, e, e + self.units)), self.scale_fn)
         if self.res_q:
             q = tfd.Normal(prior.loc + q.loc, q.scale)
         z = q.loc + q.scale * eps_t
@@ -198,7 +200,7 @@ class VRNN(RecurrentModel):
         return self._recur(carry, z, features_t["x_product"]), record
 
     def _posterior_from(self, evidence, h, prior):
-        q = latent_normal(self.posterior_net(tf.concat([evidence, h], -1)))
+        q = latent_normal(self.posterior_net(tf.concat([evidence, h], -1)), self.scale_fn)
         return tfd.Normal(prior.loc + q.loc, q.scale) if self.res_q else q
 
     def readout(self, features, records):

@@ -18,7 +18,7 @@ from absl import logging
 
 from tfhier.data.base import SequenceData
 from tfhier.fileio import atomic_write
-from tfhier.models import build_model
+from tfhier.models import build_model, stored_model_config
 from tfhier.rundir import RunDirError, checkpoint_prefixes
 from tfhier.runs import info_differences, jsonable_info
 from tfhier.training.settings import TrainSettings
@@ -39,7 +39,8 @@ def _saved_identity(old: dict) -> dict:
     (runs written before a hyperparameter existed); unchanged when the model cannot be rebuilt from it."""
     identity = {k: old.get(k) for k in IDENTITY_KEYS}
     try:
-        model = build_model(old["model"], int(old["feature_dim"]), dict(old["model_config"]))
+        stored = stored_model_config(old["model"], old["model_config"])
+        model = build_model(old["model"], int(old["feature_dim"]), stored)
         identity["model_config"] = model.get_config()
     except (KeyError, TypeError, ValueError):
         pass
