@@ -70,6 +70,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfhier.blocks import loop_steps
 from tfhier.models.base import ModelOutput, SequenceModel
 from tfhier.noise import latent_noise, masked_inputs, primed_latent_mask
 
@@ -202,8 +203,11 @@ class RecurrentModel(SequenceModel):
         arrays = {k: tf.TensorArray(tf.float32, size=num_steps, element_shape=tf.TensorShape([None, n]))
                   for k, n in sizes.items()}
 
+        steps = {k: loop_steps(v) for k, v in features.items()}
+        eps_steps = loop_steps(eps, time_axis=0)
+
         def body(t, carry, arrays):
-            carry, record = self.latent_step(carry, _time_slice(features, t), tf.gather(eps, t))
+            carry, record = self.latent_step(carry, {k: a.read(t) for k, a in steps.items()}, eps_steps.read(t))
             return t + 1, carry, {k: a.write(t, record[k]) for k, a in arrays.items()}
 
         # (maximum_iterations: XLA differentiates a loop only with a bound on its length.)
