@@ -104,7 +104,9 @@ class RecurrentModel(SequenceModel):
 
     mixed_precision = False
     mixed_precision_problem = RECURRENT_MIXED_PRECISION
-    #: XLA fuses the loop's many small per-step operations (bench/recurrent.py: docs/benchmarks.md)
+    #: XLA fuses the loop's many small per-step operations: VRNN and VHRNN train 1.5-7.7x faster with it on CPU;
+    #: SRNN and VOSP, whose loops hold larger products, are faster in graph mode and say so (bench/recurrent.py,
+    #: docs/benchmarks.md)
     jit_compile_default = True
 
     stepwise_generation = True

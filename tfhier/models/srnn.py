@@ -71,6 +71,9 @@ class SRNN(RecurrentModel):
 
     NAME = "srnn"
     DESCRIPTION = "SRNN (Fraccaro et al. 2016): a GRU and a state-space layer, smoothing posterior, Res_q"
+    #: graph mode: 1.1-1.6x XLA's steps/s at srnn_jsb.cfg's sizes (ELBO 16 x 200) with 1.2 GB peak memory against
+    #: 2.0 GB (bench/recurrent.py, docs/benchmarks.md)
+    jit_compile_default = False
     HPARAMS = head_hparams("gaussian", 10) + (
         HParam("latent_dims", "ints", [100], "Latent units per step of each layer (recurrent models: one layer)."),
         HParam("rnn_units", "int", 300, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
