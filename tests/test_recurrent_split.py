@@ -163,7 +163,9 @@ def test_the_default_training_mode_is_what_the_model_declares(monkeypatch):
     monkeypatch.delenv("TFHIER_XLA_TRAINING", raising=False)  # (tests/conftest.py sets it for the suite)
     one = tf.distribute.get_strategy()
     recurrent, conv = make("vrnn"), build_model("wavenet", 3, dict(channels=[4], dilations=[1], output_hidden=[4]))
-    assert MODELS["vrnn"].jit_compile_default and not MODELS["wavenet"].jit_compile_default
+    assert MODELS["vrnn"].jit_compile_default and MODELS["vhrnn"].jit_compile_default
+    assert not any(MODELS[n].jit_compile_default for n in ("wavenet", "msstcn", "stcn", "srnn", "vosp", "vrae"))
+    assert resolve_jit_compile(None, make("srnn"), one) is False
     assert resolve_jit_compile(None, recurrent, one) is True
     assert resolve_jit_compile(None, conv, one) is False
     assert resolve_jit_compile(False, recurrent, one) is False and resolve_jit_compile(True, conv, one) is True

@@ -51,6 +51,19 @@ def matmul_last(x, w, bias=None):
     return tf.reshape(y, tf.concat([shape[:-1], [w.shape[-1]]], axis=0))
 
 
+def loop_steps(x, time_axis=1):
+    """``x`` as a TensorArray of its steps along ``time_axis``, to ``read(t)`` inside a ``tf.while_loop``.
+
+    ``tf.gather(x, t, axis=1)`` in a loop makes the loop's gradient add a dense
+    tensor of the whole sequence's size to an accumulator at every step (work
+    quadratic in the length); a TensorArray's gradient writes one step per step.
+    """
+    rank = x.shape.rank
+    if time_axis != 0:
+        x = tf.transpose(x, [time_axis] + [i for i in range(rank) if i != time_axis])
+    return tf.TensorArray(x.dtype, size=tf.shape(x)[0], element_shape=x.shape[1:]).unstack(x)
+
+
 def time_slice(x, start, length):
     """``x[:, start:start + length]`` of a ``[B, T, C]`` tensor, as a Slice (whose gradient, a Pad, is far
     cheaper than a strided slice's), keeping every dimension that is known statically."""

@@ -42,6 +42,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfhier.blocks import loop_steps
 from tfhier.noise import latent_noise, masked_inputs, replica_categorical, stateless_seed, tiled_rows
 
 tfd = tfp.distributions
@@ -461,12 +462,15 @@ def fivo_bound(model, x, mask, seed, num_particles, resampling_threshold=0.5, tr
         initial = model.initial_state(k * b)
     else:
         features = model.sequence_features(xk, mk)
+        # TensorArrays of the steps: their gradient is written step by step (blocks.loop_steps)
+        steps = {n: loop_steps(v) for n, v in features.items()}
+        eps_steps, x_steps = loop_steps(eps, time_axis=0), loop_steps(xk)
 
         def propose_and_weight(carry, t):
-            features_t = {n: tf.gather(v, t, axis=1) for n, v in features.items()}
-            carry, record = model.latent_step(carry, features_t, tf.gather(eps, t))
+            features_t = {n: a.read(t) for n, a in steps.items()}
+            carry, record = model.latent_step(carry, features_t, eps_steps.read(t))
             prior, posterior, eta = model.readout(features_t, record)
-            return (carry, *weight(tf.gather(xk, t, axis=1), t, prior, posterior, record["z"], eta))
+            return (carry, *weight(x_steps.read(t), t, prior, posterior, record["z"], eta))
 
         initial = model.latent_state(k * b)
     return particle_filter(propose_and_weight, initial, mask, k, resampling_threshold, seed)

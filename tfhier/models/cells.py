@@ -20,7 +20,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfhier.blocks import matmul_last
+from tfhier.blocks import loop_steps, matmul_last
 
 KINDS = ("lstm", "gru", "simple")
 
@@ -114,14 +114,15 @@ def scan(cell, inputs, mask=None, reverse=False, projected=False):
     """
     xp = inputs if projected else input_projection(cell, inputs)
     b, t_len = tf.shape(xp)[0], tf.shape(xp)[1]
-    m = None if mask is None else tf.cast(mask, tf.float32)
+    steps = loop_steps(xp)
+    m = None if mask is None else loop_steps(tf.cast(mask, tf.float32))
     state0 = zero_state(cell, b)
 
     def body(i, state, out):
         t = t_len - 1 - i if reverse else i
-        new = recur(cell, tf.gather(xp, t, axis=1), state)
+        new = recur(cell, steps.read(t), state)
         if m is not None:
-            keep = tf.gather(m, t, axis=1)[:, None] > 0
+            keep = m.read(t)[:, None] > 0
             new = {k: tf.where(keep, v, state[k]) for k, v in new.items()}
             h = tf.where(keep, new["h"], 0.0)
         else:

@@ -70,6 +70,7 @@ import dataclasses
 import tensorflow as tf
 import tensorflow_probability as tfp
 
+from tfhier.blocks import loop_steps
 from tfhier.models.base import ModelOutput, SequenceModel
 from tfhier.noise import latent_noise, masked_inputs, primed_latent_mask
 
@@ -103,7 +104,9 @@ class RecurrentModel(SequenceModel):
 
     mixed_precision = False
     mixed_precision_problem = RECURRENT_MIXED_PRECISION
-    #: XLA fuses the loop's many small per-step operations (bench/recurrent.py: docs/benchmarks.md)
+    #: XLA fuses the loop's many small per-step operations: VRNN and VHRNN train 1.5-7.7x faster with it on CPU;
+    #: SRNN and VOSP, whose loops hold larger products, are faster in graph mode and say so (bench/recurrent.py,
+    #: docs/benchmarks.md)
     jit_compile_default = True
 
     stepwise_generation = True
@@ -202,8 +205,11 @@ class RecurrentModel(SequenceModel):
         arrays = {k: tf.TensorArray(tf.float32, size=num_steps, element_shape=tf.TensorShape([None, n]))
                   for k, n in sizes.items()}
 
+        steps = {k: loop_steps(v) for k, v in features.items()}
+        eps_steps = loop_steps(eps, time_axis=0)
+
         def body(t, carry, arrays):
-            carry, record = self.latent_step(carry, _time_slice(features, t), tf.gather(eps, t))
+            carry, record = self.latent_step(carry, {k: a.read(t) for k, a in steps.items()}, eps_steps.read(t))
             return t + 1, carry, {k: a.write(t, record[k]) for k, a in arrays.items()}
 
         # (maximum_iterations: XLA differentiates a loop only with a bound on its length.)

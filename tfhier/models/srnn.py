@@ -73,6 +73,9 @@ class SRNN(RecurrentModel):
 
     NAME = "srnn"
     DESCRIPTION = "SRNN (Fraccaro et al. 2016): a GRU and a state-space layer, smoothing posterior, Res_q"
+    #: graph mode: 1.1-1.6x XLA's steps/s at srnn_jsb.cfg's sizes (ELBO 16 x 200) with 1.2 GB peak memory against
+    #: 2.0 GB (bench/recurrent.py, docs/benchmarks.md)
+    jit_compile_default = False
     HPARAMS = head_hparams("gaussian", 10, "exp") + (
         HParam("latent_dims", "ints", [100], "Latent units per step of each layer (recurrent models: one layer)."),
         HParam("rnn_units", "int", 300, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
@@ -81,7 +84,8 @@ class SRNN(RecurrentModel):
         HParam("posterior", "str", "smoothing", "q(z_t | x_t, state) (filtering) or with a reverse RNN over the "
                "future observations (smoothing).", choices=("filtering", "smoothing")),
         HParam("res_q", "bool", True, "The posterior mean is the prior mean plus a learned residual (SRNN eq. 12)."),
-        HParam("activation", "str", "clipped_leaky_relu", ACTIVATION_HELP, choices=ACTIVATIONS),    )
+        HParam("activation", "str", "clipped_leaky_relu", ACTIVATION_HELP, choices=ACTIVATIONS),
+    )
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
         super().__init__(input_dim, noise_seed=noise_seed, **kwargs)

@@ -134,6 +134,8 @@ class VOSP(RecurrentModel):
     NAME = "vosp"
     DESCRIPTION = "VOSP (Bayer & Osendorfer 2014): a recognition RNN, q(z_t | h_t), p(x_t | h_{t-1}, z_t)"
     HPARAMS = STORN_HPARAMS
+    #: graph mode: about twice XLA's steps/s at the configs' sizes (ELBO 16 x 200; bench/recurrent.py)
+    jit_compile_default = False
 
     def __init__(self, input_dim, noise_seed=0, **kwargs):
         super().__init__(input_dim, noise_seed=noise_seed, **kwargs)
@@ -209,6 +211,8 @@ class VRAE(SequenceModel):
     NAME = "vrae"
     DESCRIPTION = "VRAE (STORN §3.1): a latent sequence decoded by a bidirectional RNN; not autoregressive in x"
     HPARAMS = STORN_HPARAMS
+    #: graph mode: about twice XLA's steps/s at the configs' sizes (ELBO 16 x 200; bench/recurrent.py)
+    jit_compile_default = False
     mixed_precision = False
     mixed_precision_problem = RECURRENT_MIXED_PRECISION
     autoregressive = False
