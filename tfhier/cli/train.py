@@ -49,13 +49,13 @@ flags.DEFINE_float("adam_epsilon", 1e-7, "Adam's epsilon (Keras' default; the MS
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
 flags.DEFINE_boolean("jit_compile", None, "Compile the training and validation steps with XLA. Default: what the "
                      "model declares (jit_compile_default), on one device only (--strategy=mirrored|multi_worker "
-                     "train in graph mode unless --jit_compile is given). On for the recurrent models: measured on a "
-                     "2-vCPU AMD EPYC (Zen 2) with bench/recurrent.py, XLA against graph mode ran SRNN (srnn_jsb, "
-                     "ELBO, 16 x 200) 1.5x faster (peak memory 2.0 GB while compiling against 1.2 GB: "
-                     "--nojit_compile where memory is short), VRNN and VHRNN with FIVO (batch 4) 3.1-7.7x faster. "
-                     "Off for the convolutional models (MS-STCN, STCN, WaveNet), where bench/train_step.py found it no "
-                     "faster on CPU, with more memory. Batches are then padded to a few fixed lengths, since XLA "
-                     "compiles once per shape; docs/benchmarks.md has the figures.")
+                     "train in graph mode unless --jit_compile is given). Measured on a 2-vCPU AMD EPYC (Zen 2) with "
+                     "bench/recurrent.py at the configs' sizes: on for VRNN and VHRNN (XLA 1.5-2.6x graph mode's "
+                     "steps/s with the ELBO at 16 x 200, 1.7-7.9x with FIVO at batch 4); off for SRNN (graph mode "
+                     "1.1-1.6x XLA's, 1.2 GB peak memory against 2.0), VOSP and VRAE (graph mode 1.7-2.1x with the "
+                     "ELBO), and for the convolutional models (MS-STCN, STCN, WaveNet: bench/train_step.py found XLA "
+                     "no faster on CPU, with more memory). With XLA, batches are padded to a few fixed lengths, "
+                     "since it compiles once per shape; docs/benchmarks.md has the figures.")
 flags.DEFINE_boolean("mixed_precision", False, "Train the convolutional models under Keras' mixed_bfloat16 policy: "
                      "layers compute in bfloat16, distributions, KLs and losses in float32, weights and checkpoints "
                      "stay float32 (evaluate.py, sample.py and export run in float32). bench/train_step.py "
