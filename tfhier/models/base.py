@@ -83,8 +83,8 @@ _KERAS_KWARGS = ("name", "dtype", "trainable")
 
 
 #: the help text of ``activation``, which models declare with their own choices and defaults
-ACTIVATION_HELP = ("srnn, vosp, vrae: hidden-layer nonlinearity of the MLPs (SRNN appendix A: leaky ReLU 1/3 clipped "
-                   "at +-3; STORN's Table 2: tanh).")
+ACTIVATION_HELP = "Hidden-layer nonlinearity of the MLPs (SRNN appendix A: leaky ReLU 1/3 clipped at +-3; STORN's " \
+                  "Table 2: tanh)."
 
 
 def head_hparams(default_head="gaussian", default_components=10, default_scale_fn="clamp"):

@@ -111,8 +111,8 @@ STORN_HPARAMS = head_hparams("bernoulli", 10, "exp") + (
     HParam("rnn_units", "int", 128, "Units of the recurrent cell (VRNN/VHRNN: h; SRNN: d)."),
     HParam("mlp_hidden", "ints", [128], "Hidden ReLU layers of every MLP of a recurrent model."),
     HParam("activation", "str", "relu", ACTIVATION_HELP, choices=("relu", "tanh")),
-    HParam("output_bias", "float", 0.0, "vosp/vrae: initial bias of the output head's projection (STORN's Table 2: "
-           "b_y = -0.8 on the logits for the music sets)."),
+    HParam("output_bias", "float", 0.0, "Initial bias of the output head's projection (STORN's Table 2: b_y = -0.8 "
+           "on the logits for the music sets)."),
     HParam("prior", "str", "wiener", "vosp/vrae: the latent prior: the Wiener process of STORN §3.3 (wiener) or "
            "N(0, I) per step (normal).", choices=PRIORS),
     HParam("storn_cell", "str", "simple", "vosp/vrae: the recurrent cell: simple (eq. 2's tanh RNN; the paper adds "
