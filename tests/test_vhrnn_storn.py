@@ -198,6 +198,9 @@ def test_synthetic_table_and_diagnostic_plots(tmp_path):
     assert set(report["rows"][0]["bounds"]) == set(synthetic_table.SETTINGS) and report["rows"][0]["bound"] == "fivo"
     assert all(np.isfinite(v) for v in report["rows"][0]["bounds"].values())
     assert "| vhrnn (tfhier, FIVO, step 2) | 2 |" in (tmp_path / "table.md").read_text()
+    ceiling = report["generator"]["3"]  # the data's own log-likelihood: no model's bound is above it
+    assert set(ceiling) == {"standard", "rand"} and ceiling["standard"] > report["rows"][0]["bounds"]["standard"]
+    assert "| the generator itself (exact log-likelihood, data seed 3) |" in (tmp_path / "table.md").read_text()
     result = evaluate_run(str(run), "test", iw_samples=1, plots=2, max_sequences=2)
     assert [p.endswith(f"test_{i}.png") for i, p in enumerate(result["plots"])] == [True, True]
     assert (run / "plots" / "test_0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

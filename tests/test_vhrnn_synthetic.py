@@ -187,3 +187,67 @@ def test_bad_arguments():
         make_vhrnn_synthetic(seq_len=2)
     d = make_vhrnn_synthetic("switch", seq_len=20, num_train=3, num_valid=2, num_test=2)
     assert d.train[0].shape == (20, 2) and d.test[0].shape == (60, 2)
+
+
+def _brute_force_log_prob(x, mats, switch_counts):
+    """log p(x) by enumerating every matrix, switch-time tuple and level sequence (scipy densities)."""
+    import itertools
+
+    from scipy.special import logsumexp
+    from scipy.stats import norm
+
+    n_rows = len(x)
+    min_seg = max(1, n_rows // 10)
+    levels = (0.25, 1.0, 4.0)
+    per_k = []
+    for k in switch_counts:
+        tuples = [t for t in itertools.combinations(range(2, n_rows), k)
+                  if all(b - a >= min_seg for a, b in zip((1,) + t, t + (n_rows,)))]
+        terms = []
+        for w in mats:
+            resid = x[1:] - x[:-1] @ np.asarray(w).T
+            for times in tuples:
+                for first in range(3):
+                    for steps in itertools.product((1, 2), repeat=k):  # each switch moves to another level
+                        lev = [first]
+                        for s in steps:
+                            lev.append((lev[-1] + s) % 3)
+                        sigma = np.empty(n_rows - 1)
+                        for level, a, b in zip(lev, (1,) + times, times + (n_rows,)):
+                            sigma[a - 1:b - 1] = levels[level]
+                        lp = norm.logpdf(resid, scale=sigma[:, None]).sum()
+                        terms.append(lp - np.log(len(mats)) - np.log(len(tuples)) - np.log(3) - k * np.log(2))
+        per_k.append(logsumexp(terms) - np.log(len(switch_counts)))
+    return logsumexp(per_k) + np.log(0.25)
+
+
+@pytest.mark.parametrize("setting,n_rows", [("standard", 8), ("standard", 23), ("rand", 9), ("rand", 20)])
+def test_generator_log_prob_equals_enumeration(setting, n_rows):
+    from tfhier.data.vhrnn_synthetic import generator_log_prob
+
+    d = make_vhrnn_synthetic(setting, seed=3, seq_len=n_rows, num_train=1, num_valid=1, num_test=3)
+    rand = setting == "rand"
+    mats = np.eye(2)[None] if rand else vhrnn_matrices()[:3]  # three matrices keep the enumeration short
+    for x in d.test:
+        x = np.asarray(x, np.float64)
+        got = generator_log_prob(x, setting, None if rand else mats)
+        want = _brute_force_log_prob(x, mats, (0, 1, 2, 3) if rand else (2,))
+        assert got == pytest.approx(want, abs=1e-9)
+
+
+def test_generator_log_prob_is_the_noise_entropy_on_long_sequences(standard):
+    """Per row, log p(x) of a 100-row sequence is close to -E[-log N(eps; 0, sigma^2 I_2)] = -(ln 2 pi + 1)
+    (the mean of ln sigma over the three levels is 0): the regime is nearly known after a few rows."""
+    from tfhier.data.vhrnn_synthetic import generator_log_prob
+
+    per_row = np.mean([generator_log_prob(x, "test") / len(x) for x in standard.test[:30]])
+    assert -(np.log(2 * np.pi) + 1) - 0.3 < per_row < -(np.log(2 * np.pi) + 1) + 0.1
+
+
+def test_generator_log_prob_bad_input():
+    from tfhier.data.vhrnn_synthetic import generator_log_prob
+
+    with pytest.raises(DataError, match="noiseless"):
+        generator_log_prob(np.zeros((10, 2)), "noiseless")
+    with pytest.raises(DataError, match=r"\[T, 2\]"):
+        generator_log_prob(np.zeros((10, 3)), "test")

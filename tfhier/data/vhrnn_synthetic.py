@@ -249,6 +249,86 @@ def make_vhrnn_synthetic(setting: str = "train", *, seed: int = 0, seq_len: int 
                         feature_dim=2, kind="real", info=info).check()
 
 
+#: The settings whose generator has a density: the others are noiseless (sigma = 0), so every sequence has
+#: infinite log-density under its own generator.
+NOISY_SETTINGS = ("standard", "rand")
+
+
+def generator_log_prob(x, setting: str = "standard", matrices: Optional[np.ndarray] = None) -> float:
+    """The exact log-density of one sequence under the process that generated it (nats, whole sequence).
+
+    The best any model can score on these data: a bound like FIVO is below it in expectation.  The
+    unknowns of the generator are summed out exactly: the matrix (uniform over ``matrices``; RAND: ``W = I``),
+    the first noise level (uniform), the switch times (uniform over the times :func:`_switch_rows` allows)
+    and each new level (uniform over the two others); the number of switches is 2 (Test) or uniform on
+    0..3 (RAND).  Row 0 has the density of ``U[-1, 1]^2``, 1/4.  A semi-Markov forward recursion over
+    (switches so far, current level, row of the last switch) does the sum in ``O(T^2)`` per matrix.
+
+    Args:
+      x: ``[T, 2]`` sequence (rows ``x_0 .. x_{T-1}``) of ``setting``'s test split.
+      setting: ``'standard'`` (also ``'train'``/``'test'``) or ``'rand'``; the noiseless settings have
+        no density (sigma = 0) and raise.
+      matrices: the ``[M, 2, 2]`` matrix set (default: :func:`vhrnn_matrices`); ignored for RAND.
+
+    Raises:
+      DataError: for a setting without a density or a sequence that is not ``[T, 2]`` with T >= 5.
+    """
+    key = _ALIASES.get(str(setting).strip().lower().replace(" ", "_"))
+    if key not in NOISY_SETTINGS:
+        raise DataError(f"vhrnn_synthetic: setting {setting!r} is noiseless and has no density; "
+                        f"generator_log_prob takes {' or '.join(NOISY_SETTINGS)}")
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or x.shape[1] != 2 or x.shape[0] < 5:
+        raise DataError(f"vhrnn_synthetic: generator_log_prob expects a [T, 2] sequence with T >= 5, "
+                        f"got shape {x.shape}")
+    if key == "rand":
+        mats, switch_counts = np.eye(2)[None], (0, 1, 2, 3)
+    else:
+        mats = vhrnn_matrices() if matrices is None else np.asarray(matrices, np.float64)
+        switch_counts = (2,)
+    n_rows = x.shape[0]
+    min_seg = max(1, n_rows // 10)
+    levels = np.asarray(NOISE_LEVELS)
+    rows = np.arange(1, n_rows + 1)  # a segment runs from its first row a to the row b before the next one
+    allowed = (rows[None, :] - rows[:, None]) >= min_seg  # [a, b]: segment a .. b-1 is long enough
+    per_matrix = []
+    for w in mats:
+        sq = np.sum((x[1:] - x[:-1] @ w.T) ** 2, axis=1)  # transitions: rows 1 .. T-1
+        log_n = -np.log(2 * np.pi) - 2 * np.log(levels)[:, None] - sq[None, :] / (2 * levels[:, None] ** 2)
+        cum = np.concatenate([np.zeros((3, 1)), np.cumsum(log_n, axis=1)], axis=1)  # cum[l, k]: rows 1 .. k
+        # seg[l, a-1, b-1]: log-density of rows a .. b-1 at level l, -inf where the segment is too short
+        seg = np.where(allowed[None], cum[:, None, rows - 1] - cum[:, rows - 1, None], -np.inf)
+        start = np.full((3, n_rows), -np.inf)  # start[l, a-1]: segments so far end at row a, level l next
+        start[:, 0] = -np.log(3)
+        terms = []
+        for k in range(max(switch_counts) + 1):
+            if k in switch_counts:
+                # the last segment ends at row T (index n_rows - 1 in seg's second axis)
+                total = _logsumexp(start + seg[:, :, n_rows - 1])
+                count = _log_count(allowed, k, n_rows)
+                terms.append(total - count - np.log(len(switch_counts)))
+            ended = _logsumexp(start[:, :, None] + seg, axis=1)  # [l, b-1]: level l ran until row b
+            other = np.array([_logsumexp(np.delete(ended, l, axis=0), axis=0) for l in range(3)])
+            start = other - np.log(2)
+        per_matrix.append(_logsumexp(np.array(terms)) - np.log(len(mats)))
+    return float(_logsumexp(np.array(per_matrix)) + np.log(0.25))
+
+
+def _log_count(allowed: np.ndarray, k: int, n_rows: int) -> float:
+    """Log of the number of switch-time tuples with ``k`` switches that :func:`_switch_rows` allows."""
+    ways = np.zeros(n_rows)
+    ways[0] = 1.0
+    for _ in range(k):
+        ways = ways @ allowed
+    return float(np.log(ways @ allowed[:, n_rows - 1]))
+
+
+def _logsumexp(a, axis=None):
+    from scipy.special import logsumexp
+
+    return logsumexp(a, axis=axis)
+
+
 def _load(data_dir, seed, *, synthetic_setting):
     return make_vhrnn_synthetic(synthetic_setting, seed=seed)
 
