@@ -159,3 +159,60 @@ def test_truncated_and_garbage(tmp_path):
     assert str(g) in str(err.value)
     with pytest.raises(DataError, match="not found"):
         load_polyphonic(tmp_path / "absent.pkl")
+
+
+def _srnn_npz(path, x_test, mask, **extra):
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": (rng.random((3, 100, 88)) < 0.05).astype(np.float32),
+              "x_valid": (rng.random((2, 100, 88)) < 0.05).astype(np.float32),
+              "x_test": x_test, "mask_test": mask}
+    arrays.update(extra)
+    np.savez(path, **arrays)
+    return arrays
+
+
+def test_srnn_npz_layout(tmp_path):
+    """The SRNN authors' layout: crops are sequences, test rows are cut at their masks, padding rows dropped."""
+    from tfhier.data import load_dataset
+
+    rng = np.random.default_rng(1)
+    x_test = (rng.random((4, 7, 88)) < 0.1).astype(np.float32)
+    mask = np.zeros((4, 7), np.float32)
+    for row, n in enumerate((7, 3, 5, 0)):  # the last row pads the test set to a batch multiple
+        mask[row, :n] = 1
+    arrays = _srnn_npz(tmp_path / "jsb.npz", x_test, mask)
+    data = load_dataset("polyphonic", data_dir=str(tmp_path / "jsb.npz"))
+    assert [len(s) for s in data.test] == [7, 3, 5]
+    for got, want in zip(data.test, x_test):
+        np.testing.assert_array_equal(got, want[:len(got)])
+    assert len(data.train) == 3 and len(data.valid) == 2 and data.feature_dim == 88
+    np.testing.assert_array_equal(data.train[2], arrays["x_train"][2])
+    assert data.info["format"] == "srnn_npz"
+
+
+@pytest.mark.parametrize("change,pattern", [
+    (dict(mask_test=np.array([[1, 0, 1, 0, 0, 0, 0]] * 2, np.float32)), "row 0 is not ones followed by zeros"),
+    (dict(x_test=np.full((2, 7, 88), 2.0, np.float32)), "'x_test' holds values other than 0 and 1"),
+    (dict(x_train=np.zeros((3, 100, 12), np.float32)), r"'x_train' has shape \(3, 100, 12\)"),
+    (dict(mask_test=np.ones((2, 6), np.float32)), "'mask_test' has shape"),
+    (dict(x_valid=np.array([[[{"a": 1}]]], dtype=object)), "not a readable .npz"),
+])
+def test_srnn_npz_bad_input(tmp_path, change, pattern):
+    arrays = {"x_test": np.zeros((2, 7, 88), np.float32), "mask_test": np.ones((2, 7), np.float32)}
+    arrays.update(change)
+    _srnn_npz(tmp_path / "bad.npz", arrays.pop("x_test"), arrays.pop("mask_test"), **arrays)
+    with pytest.raises(DataError, match=pattern) as e:
+        load_polyphonic_or_npz(tmp_path / "bad.npz")
+    assert "bad.npz" in str(e.value)
+
+
+def test_srnn_npz_missing_array(tmp_path):
+    np.savez(tmp_path / "bad.npz", x_train=np.zeros((1, 100, 88), np.float32))
+    with pytest.raises(DataError, match=r"lacks the array\(s\) \['x_valid', 'x_test', 'mask_test'\]"):
+        load_polyphonic_or_npz(tmp_path / "bad.npz")
+
+
+def load_polyphonic_or_npz(path):
+    from tfhier.data import load_dataset
+
+    return load_dataset("polyphonic", data_dir=str(path))

@@ -33,6 +33,16 @@ Choices made here (the papers are silent):
 * The pickle is first read with the default (ASCII/UTF-8) string decoding; on
   ``UnicodeDecodeError`` it is re-read with ``encoding='latin1'``, as needed
   for Python-2 pickles holding numpy scalars.
+
+A second format, by file name ending in ``.npz``: the piano rolls the SRNN
+authors published with their code (github.com/marcofraccaro/srnn,
+``data/<set>_raw_batchsize16_seqlen100.npz``), read by :func:`load_srnn_npz`.
+They are not the pickles' piano rolls: their JSB Chorales are the same
+chorales sampled twice as often (each test chorale of the pickle is the
+authors' sequence at its even steps; 9,396 test steps against 4,725, and 55% of
+steps repeat the previous one against 11%), and their Nottingham and
+Piano-midi.de have other lengths too, so per-step numbers on the two formats
+are not comparable (docs/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -231,10 +241,72 @@ def load_polyphonic(path: str | os.PathLike) -> SequenceData:
         **splits).check()
 
 
+#: the arrays of the SRNN authors' ``.npz`` files that are read (``u_*`` are ``x`` shifted by one step)
+NPZ_KEYS = ("x_train", "x_valid", "x_test", "mask_test")
+
+
+def load_srnn_npz(path: str | os.PathLike) -> SequenceData:
+    """Loads the SRNN authors' piano rolls (``<set>_raw_batchsize16_seqlen100.npz``) as 88-key piano rolls.
+
+    The file holds ``x_train`` and ``x_valid`` as ``[N, 100, 88]`` crops (each crop one sequence here, as the
+    authors train and validate on them) and ``x_test`` ``[N, T, 88]`` with ``mask_test`` ``[N, T]``, 1 on a
+    sequence's real steps, which come first; each test sequence is cut to its real steps.  Read with
+    ``allow_pickle=False``: an ``.npz`` holding Python objects is refused.
+
+    Raises:
+      DataError: naming the file and the array, when it is missing, not ``[N, T, 88]`` of 0/1, or a test mask
+        is not ones followed by zeros.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: SRNN piano-roll .npz not found")
+    if os.path.getsize(path) > MAX_FILE_BYTES:
+        raise DataError(f"{path}: larger than {MAX_FILE_BYTES // 2 ** 20} MB; the SRNN authors' files are a few MB")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in NPZ_KEYS if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: lacks the array(s) {missing}; an SRNN piano-roll .npz holds "
+                                f"{', '.join(NPZ_KEYS)} (found {shown(npz.files, 200)})")
+            arrays = {k: npz[k] for k in NPZ_KEYS}
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as e:  # not a zip, truncated, or object arrays (pickles)
+        raise DataError(f"{path}: not a readable .npz of numeric arrays: {type(e).__name__}: "
+                        f"{shown(str(e), 200)}") from None
+    for key in ("x_train", "x_valid", "x_test"):
+        a = arrays[key]
+        if a.ndim != 3 or a.shape[2] != NUM_KEYS or a.shape[0] == 0 or a.shape[1] == 0:
+            raise DataError(f"{path}: '{key}' has shape {a.shape}, expected [sequences, steps, {NUM_KEYS}]")
+        if a.dtype.kind not in "biuf" or not np.isin(a, (0, 1)).all():
+            raise DataError(f"{path}: '{key}' holds values other than 0 and 1 (dtype {a.dtype})")
+    mask = arrays["mask_test"]
+    if mask.shape != arrays["x_test"].shape[:2] or not np.isin(mask, (0, 1)).all():
+        raise DataError(f"{path}: 'mask_test' has shape {mask.shape} (values {shown(np.unique(mask)[:5])}), "
+                        f"expected 0/1 of shape {arrays['x_test'].shape[:2]}")
+    lengths = mask.sum(axis=1).astype(np.int64)
+    for i, n in enumerate(lengths):
+        if not mask[i, :n].all():
+            raise DataError(f"{path}: 'mask_test' row {i} is not ones followed by zeros")
+    if not lengths.any():
+        raise DataError(f"{path}: 'mask_test' marks no test step")
+    splits = {"train": list(arrays["x_train"].astype(np.float32)),
+              "valid": list(arrays["x_valid"].astype(np.float32)),
+              # rows of zero length pad the test set to a multiple of the batch size: not sequences
+              "test": [x[:n].astype(np.float32) for x, n in zip(arrays["x_test"], lengths) if n > 0]}
+    dataset = os.path.splitext(os.path.basename(path))[0]
+    return SequenceData(
+        name="polyphonic", feature_dim=NUM_KEYS, kind="binary",
+        info={"source": path, "lowest_note": LOWEST_NOTE, "dataset": dataset, "format": "srnn_npz"},
+        **splits).check()
+
+
 def _load(data_dir, seed):
+    if os.fspath(data_dir).lower().endswith(".npz"):
+        return load_srnn_npz(data_dir)
     return load_polyphonic(data_dir)
 
 
 SOURCE = DataSource(
     name="polyphonic", description="a Boulanger-Lewandowski polyphonic-music pickle as 88-key piano rolls",
-    load=_load, shape=("binary", 88), data_dir="the pickle file (e.g. JSB_Chorales.pkl)")
+    load=_load, shape=("binary", 88), data_dir="the pickle file (e.g. JSB_Chorales.pkl), or the SRNN authors' .npz piano rolls")
