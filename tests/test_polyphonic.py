@@ -216,3 +216,40 @@ def load_polyphonic_or_npz(path):
     from tfhier.data import load_dataset
 
     return load_dataset("polyphonic", data_dir=str(path))
+
+
+def test_piano_roll_compare_finds_a_doubled_sampling_rate(tmp_path):
+    """A file holding the pickle's pieces with every step written twice is found as such; counts by hand."""
+    from tfhier.tools.piano_roll_compare import main
+
+    pieces = [[[60], [62], [64, 67]], [[40], [], [41], [42, 45, 49]]]  # no step repeats the previous one
+    other = [[[30], [31]]]  # a piece the .npz does not hold at any rate
+    pkl = _write(tmp_path, {"train": pieces, "valid": pieces, "test": pieces + other})
+    rolls = [load_polyphonic(pkl).test[i] for i in range(2)]
+    doubled = [np.repeat(r, 2, axis=0) for r in rolls]  # lengths 6 and 8
+    x_test = np.zeros((3, 8, 88), np.float32)
+    mask = np.zeros((3, 8), np.float32)
+    for row, d in enumerate(doubled):
+        x_test[row, :len(d)], mask[row, :len(d)] = d, 1
+    _srnn_npz(tmp_path / "authors.npz", x_test, mask)
+    out = tmp_path / "cmp.json"
+    main([f"--pickle={pkl}", f"--npz={tmp_path / 'authors.npz'}", f"--out={out}"])
+    import json
+
+    (row,) = json.loads(out.read_text())
+    assert row["pickle_pieces_at_even_steps_of_npz"] == 2  # the two doubled pieces, not the third
+    assert row["pickle_test"] == {"pieces": 3, "steps": 9, "notes_per_step": pytest.approx(11 / 9), "repeat_share": 0.0}
+    # doubled: lengths 6 and 8, so 3 of 5 and 4 of 7 steps repeat the previous one; notes 2 * 4 + 2 * 5 = 18
+    assert row["npz_test"]["pieces"] == 2 and row["npz_test"]["steps"] == 14
+    assert row["npz_test"]["notes_per_step"] == pytest.approx(18 / 14)
+    assert row["npz_test"]["repeat_share"] == pytest.approx((3 / 5 + 4 / 7) / 2)
+
+
+def test_piano_roll_compare_names_the_unpaired_files(tmp_path, capsys):
+    from tfhier.tools.piano_roll_compare import main
+
+    with pytest.raises(SystemExit, match="--pickle names 2 file"):
+        main(["--pickle=a.pkl,b.pkl", "--npz=a.npz"])
+    with pytest.raises(SystemExit, match="absent.npz: SRNN piano-roll .npz not found"):
+        pkl = _write(tmp_path, {"train": [[[60]]], "valid": [[[60]]], "test": [[[60]]]})
+        main([f"--pickle={pkl}", f"--npz={tmp_path / 'absent.npz'}"])
