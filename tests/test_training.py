@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -204,3 +205,23 @@ def test_patience_stops_when_the_validation_bound_stops_improving(tmp_path, data
     model, _ = training.train(str(run), "msstcn", MODEL, data, s)
     assert int(model.optimizer.iterations.numpy()) == stopped
     assert "stopped early" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("start", [0, 30])
+def test_learning_rate_schedule_holds_then_decays(start):
+    """The optimizer's learning rate at each step against the closed form: constant for --lr_decay_start steps,
+    then lr * rate^((step - start) / decay_steps); start = 0 is Keras' ExponentialDecay (old runs unchanged)."""
+    s = training.TrainSettings(learning_rate=1e-3, lr_decay_steps=17, lr_decay_rate=1 / 1.2, lr_decay_start=start)
+    s.validate()
+    optimizer = training.make_optimizer(s)
+    for step in [0, 1, 29, 30, 31, 47, 200]:
+        optimizer.iterations.assign(step)
+        expected = 1e-3 * (1 / 1.2) ** (max(step - start, 0) / 17)
+        assert float(optimizer.learning_rate) == pytest.approx(expected, rel=1e-6), step
+    config = keras.optimizers.serialize(optimizer)
+    assert keras.optimizers.deserialize(config).get_config() == optimizer.get_config()
+
+
+def test_negative_lr_decay_start_is_named():
+    with pytest.raises(ValueError, match="--lr_decay_start must be >= 0"):
+        training.TrainSettings(lr_decay_start=-1).validate()

@@ -43,6 +43,8 @@ flags.DEFINE_integer("seq_len", 1024, "Training sequences longer than this are c
 flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate (MS-STCN §4: 5e-4).")
 flags.DEFINE_integer("lr_decay_steps", 100_000, "Exponential decay: lr * rate^(step/decay_steps).")
 flags.DEFINE_float("lr_decay_rate", 0.5, "Exponential decay rate per --lr_decay_steps.")
+flags.DEFINE_integer("lr_decay_start", 0, "Steps at the initial learning rate before the decay begins; then "
+                     "lr * rate^((step - start)/decay_steps).")
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: none).")
 flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per step; 0: plain Adam.")
 flags.DEFINE_float("adam_epsilon", 1e-7, "Adam's epsilon (Keras' default; the MS-STCN authors' code uses 1e-8).")
@@ -129,7 +131,7 @@ HELP_GROUPS = (
     ("run: what to train, on what, where", ("model", "dataset", "data_dir", "run_dir", "model_config",
                                             "allow_data_change")),
     ("training", ("train_steps", "batch_size", "seq_len", "learning_rate", "lr_decay_steps", "lr_decay_rate",
-                  "clip_norm", "weight_decay", "adam_epsilon", "seed", "patience", "jit_compile",
+                  "lr_decay_start", "clip_norm", "weight_decay", "adam_epsilon", "seed", "patience", "jit_compile",
                   "mixed_precision", "max_nonfinite_steps")),
     ("objective", ("objective", "num_particles", "resampling_threshold", "kl_regularizer", "free_bits",
                    "free_bits_halving_steps", "beta_start", "anneal_steps")),

@@ -10,6 +10,7 @@ from typing import Optional
 import math
 
 import keras
+import tensorflow as tf
 
 from tfhier import objectives
 from tfhier.models import MODELS
@@ -26,6 +27,7 @@ class TrainSettings:
     learning_rate: float = 5e-4
     lr_decay_steps: int = 100_000
     lr_decay_rate: float = 0.5
+    lr_decay_start: int = 0
     clip_norm: float = 1.0
     weight_decay: float = 0.0
     adam_epsilon: float = 1e-7
@@ -68,7 +70,7 @@ class TrainSettings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name} must be > 0, got {getattr(self, name)}")
         for name in ("clip_norm", "eval_batches", "num_samples", "sample_steps", "checkpoint_secs", "free_bits",
-                     "weight_decay", "patience"):
+                     "weight_decay", "patience", "lr_decay_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.beta_start <= 1.0:
@@ -95,10 +97,35 @@ def check_settings_for(model_name, settings: TrainSettings):
         check_mixed_precision(MODELS[model_name])
 
 
+@keras.saving.register_keras_serializable("tfhier")
+class DelayedExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """``initial_learning_rate`` for the first ``start`` steps, then ``initial_learning_rate * rate^((step - start)
+    / decay_steps)``: the schedule of the SRNN authors' MainSRNN_midi.py (constant for 20 epochs, then divided by
+    1.2 per epoch; continuous here, as Keras' ExponentialDecay is)."""
+
+    def __init__(self, initial_learning_rate, decay_steps, decay_rate, start):
+        super().__init__()
+        self.initial_learning_rate = initial_learning_rate
+        self.decay_steps = decay_steps
+        self.decay_rate = decay_rate
+        self.start = start
+
+    def __call__(self, step):
+        elapsed = tf.maximum(tf.cast(step, tf.float32) - float(self.start), 0.0)
+        return self.initial_learning_rate * tf.pow(float(self.decay_rate), elapsed / float(self.decay_steps))
+
+    def get_config(self):
+        return dict(initial_learning_rate=self.initial_learning_rate, decay_steps=self.decay_steps,
+                    decay_rate=self.decay_rate, start=self.start)
+
+
 def make_optimizer(s: TrainSettings):
-    """Adam with an exponentially decaying learning rate (MS-STCN §4) and global-norm clipping; with
-    ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
-    schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
+    """Adam with an exponentially decaying learning rate (MS-STCN §4; after ``lr_decay_start`` constant steps) and
+    global-norm clipping; with ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
+    if s.lr_decay_start:
+        schedule = DelayedExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate, s.lr_decay_start)
+    else:
+        schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
     if s.weight_decay:
         return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay, epsilon=s.adam_epsilon,
                                       global_clipnorm=s.clip_norm or None)
