@@ -58,6 +58,7 @@ VARIANTS = {
     "vhrnn_gru_latent": ("vhrnn", dict(cell="gru", hyper_input="latent")),
     "vosp_normal_lstm": ("vosp", dict(prior="normal", storn_cell="lstm")),
     "vosp_table2": ("vosp", dict(activation="tanh", output_bias=-0.8, mlp_hidden=[])),
+    "vosp_fast_dropout": ("vosp", dict(activation="tanh", head="bernoulli", fast_dropout=0.2)),
     "vrnn_clamp": ("vrnn", dict(scale_fn="clamp")),
     "vrae_normal": ("vrae", dict(prior="normal")),
 }

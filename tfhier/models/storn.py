@@ -64,8 +64,8 @@ import keras
 import tensorflow as tf
 import tensorflow_probability as tfp
 
-from tfhier.blocks import PointwiseMLP
-from tfhier.models import cells
+from tfhier.blocks import PointwiseMLP, matmul_last
+from tfhier.models import cells, fast_dropout
 from tfhier.models.base import (ACTIVATION_HELP, ModelOutput, SequenceModel, gather_continuations, graph_call,
                                 head_hparams, latent_normal, make_model_head)
 from tfhier.models.hparams import HParam, HParamError
@@ -115,8 +115,14 @@ STORN_HPARAMS = head_hparams("bernoulli", 10, "exp") + (
            "on the logits for the music sets)."),
     HParam("prior", "str", "wiener", "vosp/vrae: the latent prior: the Wiener process of STORN §3.3 (wiener) or "
            "N(0, I) per step (normal).", choices=PRIORS),
-    HParam("storn_cell", "str", "simple", "vosp/vrae: the recurrent cell: simple (eq. 2's tanh RNN; the paper adds "
-           "fast dropout, not done here), lstm or gru.", choices=STORN_CELLS),
+    HParam("storn_cell", "str", "simple", "vosp/vrae: the recurrent cell: simple (eq. 2's tanh RNN), lstm or gru.",
+           choices=STORN_CELLS),
+    HParam("fast_dropout", "float", 0.0, "vosp: the dropout rate of fast dropout (STORN's FD-RNNs; appendix: 0.1) on "
+           "the input of every weight matrix; 0: none. Needs --storn_cell=simple, --activation=tanh and "
+           "--head=bernoulli.", stored_default=0.0),
+    HParam("learn_recognition_dropout", "bool", True, "vosp with --fast_dropout: learn the recognition model's keep "
+           "rates (its RNN's and posterior network's; STORN appendix), starting at 1 - --fast_dropout; the "
+           "generating network's stay fixed.", stored_default=True),
 )
 
 
@@ -125,6 +131,15 @@ def _check_storn(name, hp):
         raise HParamError(f"{name}: --latent_dims is one positive number (one latent layer), got {hp['latent_dims']}")
     if hp["rnn_units"] < 1 or min(hp["mlp_hidden"], default=1) < 1:
         raise HParamError(f"{name}: --rnn_units and --mlp_hidden entries must be >= 1")
+    rate = hp["fast_dropout"]
+    if not 0.0 <= rate < 1.0:
+        raise HParamError(f"{name}: --fast_dropout is a dropout rate in [0, 1), got {rate}")
+    if rate > 0 and name != "vosp":
+        raise HParamError(f"{name}: --fast_dropout is implemented for vosp only, got {rate}")
+    if rate > 0 and (hp["storn_cell"], hp["activation"], hp["head"]) != ("simple", "tanh", "bernoulli"):
+        raise HParamError(f"{name}: --fast_dropout propagates moments through tanh units and a Bernoulli output: it "
+                          f"needs --storn_cell=simple --activation=tanh --head=bernoulli, got --storn_cell="
+                          f"{hp['storn_cell']} --activation={hp['activation']} --head={hp['head']}")
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
@@ -144,10 +159,19 @@ class VOSP(RecurrentModel):
         self.head_name = hp["head"]
         self.z_dim, self.units, self.kind, self.wiener = (hp["latent_dims"][0], hp["rnn_units"], hp["storn_cell"],
                                                           hp["prior"] == "wiener")
-        self.rnn = _storn_cell(self.kind, self.units, "rnn")
-        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, activation=hp["activation"],
-                                          out_initializer="zeros", name="posterior")
-        self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
+        self.fast_dropout = hp["fast_dropout"] > 0
+        if self.fast_dropout:  # STORN's FD-RNNs (appendix): every unit a mean and a variance
+            keep, learn = 1.0 - hp["fast_dropout"], hp["learn_recognition_dropout"]
+            self.output_keep = keep
+            self.rnn = fast_dropout.FastDropoutRNN(self.units, keep, learn, name="rnn")
+            self.posterior_net = fast_dropout.FastDropoutMLP(hp["mlp_hidden"], 2 * self.z_dim, keep, learn,
+                                                             out_initializer="zeros", name="posterior")
+            self.emission_net = fast_dropout.FastDropoutMLP(hp["mlp_hidden"], keep=keep, name="emission")
+        else:
+            self.rnn = _storn_cell(self.kind, self.units, "rnn")
+            self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, activation=hp["activation"],
+                                              out_initializer="zeros", name="posterior")
+            self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
         self.head = make_model_head(self, output_bias=hp["output_bias"])
 
     @property
@@ -155,20 +179,41 @@ class VOSP(RecurrentModel):
         return self.z_dim
 
     def initial_state(self, batch):
-        return {**_cell_state(self.kind, batch, self.units), "z": tf.zeros(tf.stack([batch, self.z_dim]))}
+        state = self.rnn.initial_state(batch) if self.fast_dropout else _cell_state(self.kind, batch, self.units)
+        return {**state, "z": tf.zeros(tf.stack([batch, self.z_dim]))}
 
     def prior(self, state, prepared_t):
         loc = state["z"] if self.wiener else tf.zeros_like(state["z"])  # Wiener: z_t = z_{t-1} + N(0, 1)
         return tfd.Normal(loc, tf.ones_like(loc))
 
     def _recognise(self, state, x_t):
-        return _run_cell(self.kind, self.rnn, x_t, {k: v for k, v in state.items() if k != "z"})
+        rnn_state = {k: v for k, v in state.items() if k != "z"}
+        return self.rnn.step(x_t, rnn_state) if self.fast_dropout else _run_cell(self.kind, self.rnn, x_t, rnn_state)
+
+    def _posterior(self, h):
+        """q(z_t | h_t) from the recognition state; with fast dropout its parameters are the means of the
+        posterior network's outputs (the paper does not say what it did with their variances)."""
+        if self.fast_dropout:
+            return latent_normal(self.posterior_net(h["h"], h["h_var"])[0], self.scale_fn)
+        return latent_normal(self.posterior_net(h["h"]), self.scale_fn)
 
     def posterior(self, state, prior, x_t, prepared_t):
-        return latent_normal(self.posterior_net(self._recognise(state, x_t)["h"]), self.scale_fn)
+        return self._posterior(self._recognise(state, x_t))
 
     def emission(self, state, z, prepared_t):
         return self.emission_net(tf.concat([state["h"], z], -1))
+
+    def emission_params(self, state, z, prepared_t):
+        """The Bernoulli logits of p(x_t | h_{t-1}, z_t); with fast dropout those of E[sigmoid(v_t)], from the
+        output pre-activation's moments (STORN appendix, E[v_t], V[v_t]; :func:`fast_dropout.bernoulli_logits`)."""
+        if not self.fast_dropout:
+            return self.head(self.emission(state, z, prepared_t))
+        mean, var = self.emission_net(tf.concat([state["h"], z], -1),
+                                      tf.concat([state["h_var"], tf.zeros_like(z)], -1))
+        keep = self.output_keep
+        out_mean = self.head(keep * mean)  # d_o E[h] W_out + b_y
+        out_var = matmul_last(keep * (1.0 - keep) * tf.square(mean) + keep * var, tf.square(self.head.proj.kernel[0]))
+        return fast_dropout.bernoulli_logits(out_mean, out_var)
 
     def transition(self, state, z, x_t, prepared_t):
         return {**self._recognise(state, x_t), "z": z}
@@ -178,10 +223,12 @@ class VOSP(RecurrentModel):
 
     # -- the time-parallel split: the recognition RNN reads x alone, so only z_t = loc + scale * eps remains ----
     def sequence_features(self, x, mask):
-        h = cells.scan(self.rnn, x)  # h_{1:T}: the recognition state after x_t
-        q = latent_normal(self.posterior_net(h), self.scale_fn)
-        h_previous = tf.pad(h[:, :-1], [[0, 0], [1, 0], [0, 0]])  # h_{t-1}, h_0 = 0
-        return {"h_prev": h_previous, "q_loc": q.loc, "q_scale": q.scale}
+        # h_{1:T}: the recognition state after x_t (with fast dropout its mean and variance)
+        h = dict(zip(("h", "h_var"), self.rnn(x))) if self.fast_dropout else {"h": cells.scan(self.rnn, x)}
+        q = self._posterior(h)
+        # h_{t-1}, h_0 = 0
+        previous = {f"{k}_prev": tf.pad(v[:, :-1], [[0, 0], [1, 0], [0, 0]]) for k, v in h.items()}
+        return {**previous, "q_loc": q.loc, "q_scale": q.scale}
 
     def latent_state(self, batch):
         return {"z": tf.zeros(tf.stack([batch, self.z_dim]))}
@@ -201,7 +248,8 @@ class VOSP(RecurrentModel):
     def readout(self, features, records):
         prior = self.prior({"z": records["z_prev"]}, {})
         posterior = tfd.Normal(features["q_loc"], features["q_scale"])
-        return prior, posterior, self.emission_params({"h": features["h_prev"]}, records["z"], {})
+        state = {k[:-len("_prev")]: v for k, v in features.items() if k.endswith("_prev")}
+        return prior, posterior, self.emission_params(state, records["z"], {})
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
