@@ -1,6 +1,8 @@
 """Fast dropout (tfhier.models.fast_dropout) against Monte Carlo dropout, and VOSP's fast-dropout path against the
 plain network it must equal when nothing is dropped."""
 
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -87,21 +89,24 @@ def test_learned_keep_rates_get_gradients_and_fixed_ones_are_constants():
 STORN_TINY = dict(head="bernoulli", latent_dims=[2], rnn_units=5, mlp_hidden=[6], activation="tanh", output_bias=-0.8)
 
 
-def test_vosp_with_fast_dropout_at_a_vanishing_rate_is_the_plain_vosp():
+@pytest.mark.parametrize("name", ["vosp", "vrae"])
+def test_fast_dropout_at_a_vanishing_rate_is_the_plain_model(name):
     """Keep rates of 1 - 1e-7: the moment network must give the plain network's bound (an independent path:
-    Keras' SimpleRNNCell and the 1x1 convolutions of PointwiseMLP)."""
+    Keras' SimpleRNNCell and RNN layers, the 1x1 convolutions of PointwiseMLP), padded sequences included."""
     rng = np.random.default_rng(4)
-    plain = build_model("vosp", 7, STORN_TINY).build_for_data()
-    moments = build_model("vosp", 7, dict(STORN_TINY, fast_dropout=1e-7, learn_recognition_dropout=False))
+    plain = build_model(name, 7, STORN_TINY).build_for_data()
+    moments = build_model(name, 7, dict(STORN_TINY, fast_dropout=1e-7, learn_recognition_dropout=False))
     moments.build_for_data()
     for v in plain.weights:
         v.assign(rng.normal(scale=0.5, size=v.shape).astype(np.float32))
-    values = {v.path: v.numpy() for v in plain.weights}  # the same paths; 1x1 convolutions' kernels [1, C, U]
+    # The same paths but for the RNN layers' inner cell (VRAE) and the 1x1 convolutions' kernels [1, C, U].
+    values = {re.sub(r"/\w+_cell/", "/", v.path): v.numpy() for v in plain.weights}
     for v in moments.weights:
         if not v.path.endswith("/logit"):
             v.assign(values[v.path].reshape(v.shape))
     x = (rng.random((3, 9, 7)) < 0.3).astype(np.float32)
     mask = np.ones((3, 9), np.float32)
+    mask[1, 6:] = mask[2, 4:] = 0
     seed = tf.constant([5, 6])
     np.testing.assert_allclose(moments.score(x, mask, seed)["elbo"], plain.score(x, mask, seed)["elbo"], rtol=1e-5)
 
@@ -117,6 +122,19 @@ def test_fast_dropout_refuses_what_it_cannot_propagate(overrides, match):
         build_model("vosp", 7, {**STORN_TINY, "fast_dropout": 0.1, **overrides})
 
 
-def test_vrae_refuses_fast_dropout():
-    with pytest.raises(HParamError, match="vosp only"):
-        build_model("vrae", 7, dict(STORN_TINY, fast_dropout=0.1))
+def test_vrae_continuation_with_fast_dropout_follows_its_prefix():
+    """The probabilities of a continuation change with its own prefix and no other row's."""
+    rng = np.random.default_rng(5)
+    model = build_model("vrae", 7, dict(STORN_TINY, fast_dropout=0.2)).build_for_data()
+    for v in model.weights:  # the posterior's zero-initialised output layer would ignore x
+        if not v.numpy().any():
+            v.assign(rng.normal(scale=0.5, size=v.shape).astype(np.float32))
+    x = (rng.random((3, 12, 7)) < 0.3).astype(np.float32)
+    lengths = tf.constant([6, 4, 5])
+    changed = x.copy()
+    changed[1, :4] = 1.0 - changed[1, :4]
+    params = [model.forward(tf.constant(v), tf.ones((3, 12)), seed=tf.constant([1, 2]), latents="prior",
+                            observed_lengths=lengths).likelihood_params.numpy() for v in (x, changed)]
+    assert np.abs(params[1][1, 4:] - params[0][1, 4:]).max() > 1e-3
+    np.testing.assert_array_equal(params[1][[0, 2]], params[0][[0, 2]])
+

@@ -200,18 +200,28 @@ class FastDropoutRNN(keras.layers.Layer):
             self.build(x_t.shape)
         return self._recur(*linear_moments(x_t, None, self.kernel, self.bias, self.input_rate.value()), state)
 
-    def call(self, x):
-        """``x`` [B, T, C] -> ``(E[h_{1:T}], V[h_{1:T}])``, each [B, T, units]."""
+    def call(self, x, step_mask=None, reverse=False):
+        """``x`` [B, T, C] -> ``(E[h_{1:T}], V[h_{1:T}])``, each [B, T, units].  ``step_mask`` [B, T]: a padded
+        step keeps the state and outputs zeros (so a reverse pass starts at each sequence's own last step);
+        ``reverse``: from the last step to the first (the outputs stay in time order)."""
+        t_len = tf.shape(x)[1]
         in_mean, in_var = linear_moments(x, None, self.kernel, self.bias, self.input_rate.value())
-        means = tf.TensorArray(tf.float32, size=tf.shape(x)[1], element_shape=tf.TensorShape([None, self.units]))
-        variances = tf.TensorArray(tf.float32, size=tf.shape(x)[1], element_shape=tf.TensorShape([None, self.units]))
         in_mean, in_var = (tf.transpose(v, [1, 0, 2]) for v in (in_mean, in_var))
+        keep = None if step_mask is None else tf.transpose(tf.cast(step_mask, tf.float32))[..., None] > 0
+        means = tf.TensorArray(tf.float32, size=t_len, element_shape=tf.TensorShape([None, self.units]))
+        variances = tf.TensorArray(tf.float32, size=t_len, element_shape=tf.TensorShape([None, self.units]))
 
-        def body(t, state, means, variances):
-            state = self._recur(in_mean[t], in_var[t], state)
-            return t + 1, state, means.write(t, state["h"]), variances.write(t, state["h_var"])
+        def body(i, state, means, variances):
+            t = t_len - 1 - i if reverse else i
+            new = self._recur(in_mean[t], in_var[t], state)
+            if keep is not None:
+                new = {k: tf.where(keep[t], v, state[k]) for k, v in new.items()}
+                out = {k: tf.where(keep[t], v, 0.0) for k, v in new.items()}
+            else:
+                out = new
+            return i + 1, new, means.write(t, out["h"]), variances.write(t, out["h_var"])
 
-        _, _, means, variances = tf.while_loop(lambda t, *_: t < tf.shape(x)[1], body,
+        _, _, means, variances = tf.while_loop(lambda i, *_: i < t_len, body,
                                                (tf.constant(0), self.initial_state(tf.shape(x)[0]), means, variances))
         return tuple(tf.transpose(v.stack(), [1, 0, 2]) for v in (means, variances))
 

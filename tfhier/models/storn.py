@@ -39,9 +39,20 @@ density, ``prod_t N(z_t; z_{t-1}, 1)``.
 
 Choices where the paper is silent or that we do not follow:
 
-* ``cell='simple'`` is eq. 2's RNN (tanh); the paper uses fast-dropout RNNs
-  (FD-RNNs, Bayer et al.): fast dropout is **not** done here.  ``'lstm'`` and
-  ``'gru'`` are offered too.
+* ``cell='simple'`` is eq. 2's RNN (tanh); ``'lstm'`` and ``'gru'`` are
+  offered too.
+* The paper's fast-dropout RNNs (FD-RNNs, its appendix) are ``fast_dropout``
+  (a rate; 0, none, by default; :mod:`tfhier.models.fast_dropout`): the RNNs,
+  both MLPs and the Bernoulli output carry means and variances, every weight
+  matrix's input is dropped at that rate, and the recognition model's keep
+  rates (its RNNs' and posterior network's) are learned
+  (``learn_recognition_dropout``; the appendix's "learned noise injection").
+  Where the paper is silent: the posterior's parameters are the means of its
+  network's outputs (their variances are not used), and ``z`` enters the
+  generating networks as an exact input.  VOSP's RNN is also what its
+  generating MLP reads, so learned rates there shape the generating model too
+  (they rise towards 1 in training; ``learn_recognition_dropout=False`` keeps
+  them fixed).
 * MLPs (the posterior's and the emission's) have ``mlp_hidden`` hidden layers
   of ``activation``: ReLU by default, tanh as Table 2 (one hidden layer of
   200, 400 or 600 tanh units for the music sets; ``configs/vosp_jsb.cfg``,
@@ -117,13 +128,21 @@ STORN_HPARAMS = head_hparams("bernoulli", 10, "exp") + (
            "N(0, I) per step (normal).", choices=PRIORS),
     HParam("storn_cell", "str", "simple", "vosp/vrae: the recurrent cell: simple (eq. 2's tanh RNN), lstm or gru.",
            choices=STORN_CELLS),
-    HParam("fast_dropout", "float", 0.0, "vosp: the dropout rate of fast dropout (STORN's FD-RNNs; appendix: 0.1) on "
+    HParam("fast_dropout", "float", 0.0, "vosp/vrae: the dropout rate of fast dropout (STORN's FD-RNNs; appendix: 0.1) on "
            "the input of every weight matrix; 0: none. Needs --storn_cell=simple, --activation=tanh and "
            "--head=bernoulli.", stored_default=0.0),
-    HParam("learn_recognition_dropout", "bool", True, "vosp with --fast_dropout: learn the recognition model's keep "
-           "rates (its RNN's and posterior network's; STORN appendix), starting at 1 - --fast_dropout; the "
-           "generating network's stay fixed.", stored_default=True),
+    HParam("learn_recognition_dropout", "bool", True, "vosp/vrae with --fast_dropout: learn the recognition "
+           "model's keep rates (its RNNs' and posterior network's; STORN appendix), starting at 1 - --fast_dropout; "
+           "the generating model's stay fixed.", stored_default=True),
 )
+
+
+def _fd_bernoulli_logits(head, keep, mean, var):
+    """The Bernoulli head's logits of ``E[sigmoid(v)]``, ``v`` its projection of hidden units of ``mean`` / ``var``
+    with input keep probability ``keep`` (STORN appendix, E[v_t] and V[v_t])."""
+    out_mean = head(keep * mean)  # d_o E[h] W_out + b_y
+    out_var = matmul_last(keep * (1.0 - keep) * tf.square(mean) + keep * var, tf.square(head.proj.kernel[0]))
+    return fast_dropout.bernoulli_logits(out_mean, out_var)
 
 
 def _check_storn(name, hp):
@@ -134,8 +153,6 @@ def _check_storn(name, hp):
     rate = hp["fast_dropout"]
     if not 0.0 <= rate < 1.0:
         raise HParamError(f"{name}: --fast_dropout is a dropout rate in [0, 1), got {rate}")
-    if rate > 0 and name != "vosp":
-        raise HParamError(f"{name}: --fast_dropout is implemented for vosp only, got {rate}")
     if rate > 0 and (hp["storn_cell"], hp["activation"], hp["head"]) != ("simple", "tanh", "bernoulli"):
         raise HParamError(f"{name}: --fast_dropout propagates moments through tanh units and a Bernoulli output: it "
                           f"needs --storn_cell=simple --activation=tanh --head=bernoulli, got --storn_cell="
@@ -210,10 +227,7 @@ class VOSP(RecurrentModel):
             return self.head(self.emission(state, z, prepared_t))
         mean, var = self.emission_net(tf.concat([state["h"], z], -1),
                                       tf.concat([state["h_var"], tf.zeros_like(z)], -1))
-        keep = self.output_keep
-        out_mean = self.head(keep * mean)  # d_o E[h] W_out + b_y
-        out_var = matmul_last(keep * (1.0 - keep) * tf.square(mean) + keep * var, tf.square(self.head.proj.kernel[0]))
-        return fast_dropout.bernoulli_logits(out_mean, out_var)
+        return _fd_bernoulli_logits(self.head, self.output_keep, mean, var)
 
     def transition(self, state, z, x_t, prepared_t):
         return {**self._recognise(state, x_t), "z": z}
@@ -271,19 +285,30 @@ class VRAE(SequenceModel):
         _check_storn(self.NAME, hp)
         self.head_name = hp["head"]
         self.z_dim, self.wiener = hp["latent_dims"][0], hp["prior"] == "wiener"
+        self.fast_dropout = hp["fast_dropout"] > 0
+        keep, learn = 1.0 - hp["fast_dropout"], hp["learn_recognition_dropout"]
+        self.output_keep = keep
 
-        def birnn(name):
+        def birnn(name, learn_keep=False):
+            if self.fast_dropout:  # STORN's FD-RNNs (appendix): every unit a mean and a variance
+                return tuple(fast_dropout.FastDropoutRNN(hp["rnn_units"], keep, learn_keep, name=f"{name}_{d}")
+                             for d in ("fw", "bw"))
             # Two named RNNs rather than keras.layers.Bidirectional, whose inner layers get process-dependent names
             # (checkpoints are by variable path).
             cells = [_storn_cell(hp["storn_cell"], hp["rnn_units"], f"{name}_{d}_cell") for d in ("fw", "bw")]
             return (keras.layers.RNN(cells[0], return_sequences=True, name=f"{name}_fw"),
                     keras.layers.RNN(cells[1], return_sequences=True, go_backwards=True, name=f"{name}_bw"))
 
-        self.recognition = birnn("recognition")
-        self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, activation=hp["activation"],
-                                          out_initializer="zeros", name="posterior")
+        self.recognition = birnn("recognition", learn)
         self.generator = birnn("generator")
-        self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
+        if self.fast_dropout:
+            self.posterior_net = fast_dropout.FastDropoutMLP(hp["mlp_hidden"], 2 * self.z_dim, keep, learn,
+                                                             out_initializer="zeros", name="posterior")
+            self.emission_net = fast_dropout.FastDropoutMLP(hp["mlp_hidden"], keep=keep, name="emission")
+        else:
+            self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, activation=hp["activation"],
+                                              out_initializer="zeros", name="posterior")
+            self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
         self.head = make_model_head(self, output_bias=hp["output_bias"])
 
     @property
@@ -302,8 +327,25 @@ class VRAE(SequenceModel):
         out = tf.concat([fw(inputs, mask=m), tf.reverse(bw(inputs, mask=m), axis=[1])], axis=-1)
         return out * tf.cast(mask, tf.float32)[..., None]
 
+    @staticmethod
+    def _bidirectional_moments(pair, inputs, mask):
+        """Fast dropout's :meth:`_bidirectional`: the two directions' means and variances, each ``[B, T, 2 units]``."""
+        fw, bw = pair
+        directions = (fw(inputs, step_mask=mask), bw(inputs, step_mask=mask, reverse=True))
+        return tuple(tf.concat([d[i] for d in directions], axis=-1) * mask[..., None] for i in (0, 1))
+
     def _posterior(self, x, mask):
+        if self.fast_dropout:  # the posterior's parameters: the means of its network's outputs (module docstring)
+            features = self._bidirectional_moments(self.recognition, x, mask)
+            return latent_normal(self.posterior_net(*features)[0], self.scale_fn)
         return latent_normal(self.posterior_net(self._bidirectional(self.recognition, x, mask)), self.scale_fn)
+
+    def _emission_params(self, z, mask):
+        """The head's parameters of p(x_t | z_{1:T}) for all steps at once."""
+        if self.fast_dropout:
+            mean, var = self.emission_net(*self._bidirectional_moments(self.generator, z, mask))
+            return _fd_bernoulli_logits(self.head, self.output_keep, mean, var)
+        return self.head(self.emission_net(self._bidirectional(self.generator, z, mask)))
 
     def forward(self, x, mask, *, seed, latents="posterior", temperature=1.0, training=False,
                 observed_lengths=None) -> ModelOutput:
@@ -339,8 +381,7 @@ class VRAE(SequenceModel):
                     z = tf.where(use_q, z_q, last_q[:, None] + walk)
                 else:
                     z = tf.where(use_q, z_q, steps)
-        decoded = self._bidirectional(self.generator, z, mask)
-        eta = self.head(self.emission_net(decoded))
+        eta = self._emission_params(z, mask)
         if self.wiener:
             previous = tf.pad(z, [[0, 0], [1, 0], [0, 0]])[:, :-1]
             prior = tfd.Normal(previous, tf.ones_like(z))
