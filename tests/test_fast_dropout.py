@@ -138,3 +138,22 @@ def test_vrae_continuation_with_fast_dropout_follows_its_prefix():
     assert np.abs(params[1][1, 4:] - params[0][1, 4:]).max() > 1e-3
     np.testing.assert_array_equal(params[1][[0, 2]], params[0][[0, 2]])
 
+
+@pytest.mark.parametrize("name", ["vosp", "vrae"])
+def test_weight_decay_leaves_learned_keep_rates_alone(name):
+    """AdamW decays every weight but a learned keep rate's logit (decay would pull it to a rate of 1/2)."""
+    from tfhier.training import TrainSettings, make_optimizer
+
+    model = build_model(name, 7, dict(STORN_TINY, fast_dropout=0.1)).build_for_data()
+    exempt = model.weight_decay_exempt
+    assert sorted(v.path for v in exempt) == sorted(v.path for v in model.trainable_variables
+                                                    if v.path.endswith("keep/logit"))
+    assert len(exempt) == {"vosp": 4, "vrae": 6}[name]  # the recognition model's: RNN(s) 2 each, posterior MLP 2
+    optimizer = make_optimizer(TrainSettings(weight_decay=2.0, learning_rate=1e-3), model)
+    optimizer.build(model.trainable_variables)
+    before = {v.path: v.numpy() for v in model.trainable_variables}
+    optimizer.apply_gradients([(tf.zeros_like(v), v) for v in model.trainable_variables])  # decay alone moves them
+    for v in model.trainable_variables:
+        moved = not np.allclose(v.numpy(), before[v.path]) or not before[v.path].any()
+        assert moved != (v.path.endswith("keep/logit")), v.path
+

@@ -331,6 +331,12 @@ class SequenceModel(keras.Model):
         return [1] * len(self.latent_layer_names)
 
     @property
+    def weight_decay_exempt(self) -> list:
+        """Trainable variables that weight decay must leave alone because they are not weights (fast dropout's
+        learned keep rates: the logit of a probability, which decay would pull towards 1/2)."""
+        return []
+
+    @property
     def has_cached_generator(self) -> bool:
         """Whether ``generate`` / ``continue_sequences`` cost O(1) per step (else: the quadratic naive sampler)."""
         return self.stepwise_generation or type(self).generate is not SequenceModel.generate

@@ -102,6 +102,11 @@ class KeepRate(keras.layers.Layer):
         return {**super().get_config(), "keep": self.keep, "learned": self.learned}
 
 
+def learned_keep_logits(layers):
+    """The trainable logits of the learned keep rates of fast-dropout ``layers`` (built)."""
+    return [rate.logit for layer in layers for rate in layer.keep_rates() if rate.learned]
+
+
 @keras.saving.register_keras_serializable(package="tfhier")
 class FastDropoutDense(keras.layers.Layer):
     """A dense layer on moments: ``(mean, var) -> (E[a], V[a])`` before any transfer function
@@ -123,6 +128,9 @@ class FastDropoutDense(keras.layers.Layer):
 
     def call(self, mean, var=None):
         return linear_moments(mean, var, self.kernel, self.bias, self.rate.value())
+
+    def keep_rates(self):
+        return [self.rate]
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "keep": self.keep, "learn_keep": self.learn_keep,
@@ -152,6 +160,9 @@ class FastDropoutMLP(keras.layers.Layer):
         if var is None:
             var = tf.zeros_like(mean)
         return (mean, var) if self.out is None else self.out(mean, var)
+
+    def keep_rates(self):
+        return [rate for layer in self.layers_ + [self.out] if layer is not None for rate in layer.keep_rates()]
 
     def get_config(self):
         return {**super().get_config(), "hidden": self.hidden, "out_units": self.out_units, "keep": self.keep,
@@ -183,6 +194,9 @@ class FastDropoutRNN(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
         self.input_rate.build()
         self.recurrent_rate.build()
+
+    def keep_rates(self):
+        return [self.input_rate, self.recurrent_rate]
 
     def initial_state(self, batch):
         zeros = tf.zeros(tf.stack([batch, self.units]))
@@ -230,4 +244,4 @@ class FastDropoutRNN(keras.layers.Layer):
 
 
 __all__ = ["FastDropoutDense", "FastDropoutMLP", "FastDropoutRNN", "KeepRate", "QUADRATURE_NODES",
-           "bernoulli_logits", "linear_moments", "tanh_moments"]
+           "bernoulli_logits", "learned_keep_logits", "linear_moments", "tanh_moments"]

@@ -192,6 +192,11 @@ class VOSP(RecurrentModel):
         self.head = make_model_head(self, output_bias=hp["output_bias"])
 
     @property
+    def weight_decay_exempt(self):
+        layers = [self.rnn, self.posterior_net, self.emission_net]
+        return fast_dropout.learned_keep_logits(layers if self.fast_dropout else [])
+
+    @property
     def latent_dim(self):
         return self.z_dim
 
@@ -310,6 +315,11 @@ class VRAE(SequenceModel):
                                               out_initializer="zeros", name="posterior")
             self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
         self.head = make_model_head(self, output_bias=hp["output_bias"])
+
+    @property
+    def weight_decay_exempt(self):
+        layers = [*self.recognition, *self.generator, self.posterior_net, self.emission_net]
+        return fast_dropout.learned_keep_logits(layers if self.fast_dropout else [])
 
     @property
     def latent_layer_names(self):

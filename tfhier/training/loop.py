@@ -102,7 +102,7 @@ def _train_locked(run_dir, model_name, config, data, settings, flags_text, strat
 
     with strategy.scope(), precision_policy(settings.mixed_precision):
         model = build_model(model_name, data.feature_dim, config["model_config"]).build_for_data()
-        optimizer = make_optimizer(settings)
+        optimizer = make_optimizer(settings, model)
         objective = make_objective(settings)
         jit_compile = resolve_jit_compile(settings.jit_compile, model, strategy)
         model.compile(optimizer=optimizer, objective=objective, jit_compile=jit_compile)

@@ -119,16 +119,21 @@ class DelayedExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
                     decay_rate=self.decay_rate, start=self.start)
 
 
-def make_optimizer(s: TrainSettings):
+def make_optimizer(s: TrainSettings, model=None):
     """Adam with an exponentially decaying learning rate (MS-STCN §4; after ``lr_decay_start`` constant steps) and
-    global-norm clipping; with ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019)."""
+    global-norm clipping; with ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019),
+    which leaves ``model.weight_decay_exempt`` alone."""
     if s.lr_decay_start:
         schedule = DelayedExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate, s.lr_decay_start)
     else:
         schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
     if s.weight_decay:
-        return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay, epsilon=s.adam_epsilon,
-                                      global_clipnorm=s.clip_norm or None)
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay,
+                                           epsilon=s.adam_epsilon, global_clipnorm=s.clip_norm or None)
+        exempt = [] if model is None else model.weight_decay_exempt
+        if exempt:
+            optimizer.exclude_from_weight_decay(var_list=exempt)
+        return optimizer
     return keras.optimizers.Adam(learning_rate=schedule, epsilon=s.adam_epsilon, global_clipnorm=s.clip_norm or None)
 
 
