@@ -469,6 +469,8 @@ def cli(*args):
     ("--batch_size=1000", "--batch_size=1000 is larger than the 8 training sequences"),
     ("--objective=fivo", "--objective=fivo needs a model with the recurrent step interface"),
     ("--objective=iwae --kl_regularizer=anneal", "--kl_regularizer is a setting of --objective=elbo"),
+    ("--momentum=0.5", "--momentum is not a setting of --optimizer=adam"),
+    ("--optimizer=nesterov_rmsprop --momentum=1", "--momentum must be in [0, 1), got 1.0"),
 ])
 def test_silently_accepted_flags_are_one_clear_error(tmp_path, arg, message):
     res = cli(*arg.split(), f"--run_dir={tmp_path / 'r'}")

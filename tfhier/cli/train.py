@@ -40,14 +40,20 @@ flags.DEFINE_string("run_dir", "runs/demo", "Checkpoints, TensorBoard logs, flag
 flags.DEFINE_integer("train_steps", 1000, "Total optimizer steps (a resumed run continues to this count).")
 flags.DEFINE_integer("batch_size", 32, "Global batch size (sequences).")
 flags.DEFINE_integer("seq_len", 1024, "Training sequences longer than this are cut to a random window of it.")
-flags.DEFINE_float("learning_rate", 5e-4, "Adam learning rate (MS-STCN §4: 5e-4).")
+flags.DEFINE_float("learning_rate", 5e-4, "The optimizer's learning rate (step rate) before decay (MS-STCN §4: 5e-4).")
 flags.DEFINE_integer("lr_decay_steps", 100_000, "Exponential decay: lr * rate^(step/decay_steps).")
 flags.DEFINE_float("lr_decay_rate", 0.5, "Exponential decay rate per --lr_decay_steps.")
 flags.DEFINE_integer("lr_decay_start", 0, "Steps at the initial learning rate before the decay begins; then "
                      "lr * rate^((step - start)/decay_steps).")
 flags.DEFINE_float("clip_norm", 1.0, "Global gradient-norm clipping threshold (0: none).")
-flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay (AdamW) per step; 0: plain Adam.")
+flags.DEFINE_float("weight_decay", 0.0, "Decoupled weight decay per step (with Adam: AdamW); 0: none.")
+flags.DEFINE_enum("optimizer", "adam", ["adam", "nesterov_rmsprop"], "adam: Adam (MS-STCN §4 and most papers); "
+                  "nesterov_rmsprop: rmsprop with Nesterov momentum, STORN's optimizer (appendix 'Details on "
+                  "learning'; --momentum, --rms_decay).")
 flags.DEFINE_float("adam_epsilon", 1e-7, "Adam's epsilon (Keras' default; the MS-STCN authors' code uses 1e-8).")
+flags.DEFINE_float("momentum", 0.9, "--optimizer=nesterov_rmsprop: the Nesterov momentum (STORN Table 2: 0 to 0.995).")
+flags.DEFINE_float("rms_decay", 0.9, "--optimizer=nesterov_rmsprop: the decay of the moving average of squared "
+                   "gradients (STORN Table 2: 0.8, 0.9).")
 flags.DEFINE_integer("seed", 0, "Seed for initialisation, data order and noise.")
 flags.DEFINE_boolean("jit_compile", None, "Compile the training and validation steps with XLA. Default: what the "
                      "model declares (jit_compile_default), on one device only (--strategy=mirrored|multi_worker "
@@ -131,7 +137,8 @@ HELP_GROUPS = (
     ("run: what to train, on what, where", ("model", "dataset", "data_dir", "run_dir", "model_config",
                                             "allow_data_change")),
     ("training", ("train_steps", "batch_size", "seq_len", "learning_rate", "lr_decay_steps", "lr_decay_rate",
-                  "lr_decay_start", "clip_norm", "weight_decay", "adam_epsilon", "seed", "patience", "jit_compile",
+                  "lr_decay_start", "clip_norm", "weight_decay", "optimizer", "adam_epsilon", "momentum",
+                  "rms_decay", "seed", "patience", "jit_compile",
                   "mixed_precision", "max_nonfinite_steps")),
     ("objective", ("objective", "num_particles", "resampling_threshold", "kl_regularizer", "free_bits",
                    "free_bits_halving_steps", "beta_start", "anneal_steps")),
@@ -265,6 +272,10 @@ def main(argv):
             if given:
                 raise ValueError(f"--{given[0]} is a setting of --objective=elbo; --objective={settings.objective} "
                                  f"does not use it")
+        unused = {"adam": ("momentum", "rms_decay"), "nesterov_rmsprop": ("adam_epsilon",)}[settings.optimizer]
+        given = [n for n in unused if FLAGS[n].present]
+        if given:
+            raise ValueError(f"--{given[0]} is not a setting of --optimizer={settings.optimizer}")
         source = get_source(FLAGS.dataset)
         data_options = data_sources.options_from_flags(source, DATA_OPTIONS, FLAGS)
         data = None

@@ -15,6 +15,10 @@ import tensorflow as tf
 from tfhier import objectives
 from tfhier.models import MODELS
 from tfhier.models.base import check_mixed_precision
+from tfhier.training.rmsprop import NesterovRMSprop
+
+#: ``--optimizer`` choices: Adam (AdamW with ``--weight_decay``), and STORN's rmsprop with Nesterov momentum
+OPTIMIZERS = ("adam", "nesterov_rmsprop")
 
 
 @dataclasses.dataclass
@@ -30,7 +34,10 @@ class TrainSettings:
     lr_decay_start: int = 0
     clip_norm: float = 1.0
     weight_decay: float = 0.0
+    optimizer: str = "adam"
     adam_epsilon: float = 1e-7
+    momentum: float = 0.9
+    rms_decay: float = 0.9
     seed: int = 0
     objective: str = "elbo"
     num_particles: int = 4
@@ -73,6 +80,11 @@ class TrainSettings:
                      "weight_decay", "patience", "lr_decay_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        for name in ("momentum", "rms_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0.0 <= self.beta_start <= 1.0:
             raise ValueError(f"--beta_start must be in [0, 1] (the initial KL weight), got {self.beta_start}")
         if not 0 <= self.seed < 2 ** 31:
@@ -120,21 +132,27 @@ class DelayedExponentialDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def make_optimizer(s: TrainSettings, model=None):
-    """Adam with an exponentially decaying learning rate (MS-STCN §4; after ``lr_decay_start`` constant steps) and
-    global-norm clipping; with ``weight_decay`` > 0, AdamW (decoupled weight decay, Loshchilov & Hutter 2019),
-    which leaves ``model.weight_decay_exempt`` alone."""
+    """The optimizer of ``s.optimizer`` with an exponentially decaying learning rate (MS-STCN §4; after
+    ``lr_decay_start`` constant steps) and global-norm clipping. ``adam``: Adam, or with ``weight_decay`` > 0
+    AdamW (decoupled weight decay, Loshchilov & Hutter 2019); ``nesterov_rmsprop``: STORN's optimizer
+    (:class:`~tfhier.training.rmsprop.NesterovRMSprop`, decay ``rms_decay``, ``momentum``), with the same
+    decoupled decay. The decay leaves ``model.weight_decay_exempt`` alone."""
     if s.lr_decay_start:
         schedule = DelayedExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate, s.lr_decay_start)
     else:
         schedule = keras.optimizers.schedules.ExponentialDecay(s.learning_rate, s.lr_decay_steps, s.lr_decay_rate)
-    if s.weight_decay:
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=s.weight_decay,
-                                           epsilon=s.adam_epsilon, global_clipnorm=s.clip_norm or None)
-        exempt = [] if model is None else model.weight_decay_exempt
-        if exempt:
-            optimizer.exclude_from_weight_decay(var_list=exempt)
-        return optimizer
-    return keras.optimizers.Adam(learning_rate=schedule, epsilon=s.adam_epsilon, global_clipnorm=s.clip_norm or None)
+    common = dict(learning_rate=schedule, global_clipnorm=s.clip_norm or None)
+    if s.optimizer == "nesterov_rmsprop":
+        optimizer = NesterovRMSprop(decay=s.rms_decay, momentum=s.momentum, weight_decay=s.weight_decay or None,
+                                    **common)
+    elif s.weight_decay:
+        optimizer = keras.optimizers.AdamW(weight_decay=s.weight_decay, epsilon=s.adam_epsilon, **common)
+    else:
+        return keras.optimizers.Adam(epsilon=s.adam_epsilon, **common)
+    exempt = [] if model is None or not s.weight_decay else model.weight_decay_exempt
+    if exempt:
+        optimizer.exclude_from_weight_decay(var_list=exempt)
+    return optimizer
 
 
 def make_objective(s: TrainSettings):
