@@ -180,17 +180,20 @@ class FastDropoutRNN(keras.layers.Layer):
     for exact inputs ``x`` (data); ``h_0 = 0``.  The input terms are computed for the whole sequence at once
     (:meth:`call`); the loop carries only the state.  :meth:`step` is one step of the same."""
 
-    def __init__(self, units, keep=0.9, learn_keep=False, **kwargs):
+    def __init__(self, units, keep=0.9, learn_keep=False, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", **kwargs):
         super().__init__(**kwargs)
         self.units, self.keep, self.learn_keep = int(units), float(keep), bool(learn_keep)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
         self.input_rate = KeepRate(self.keep, self.learn_keep, name="input_keep")
         self.recurrent_rate = KeepRate(self.keep, self.learn_keep, name="recurrent_keep")
 
     def build(self, input_shape):
         self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.units),
-                                      initializer="glorot_uniform")
+                                      initializer=self.kernel_initializer)
         self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(self.units, self.units),
-                                                initializer="orthogonal")
+                                                initializer=self.recurrent_initializer)
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
         self.input_rate.build()
         self.recurrent_rate.build()
@@ -240,7 +243,9 @@ class FastDropoutRNN(keras.layers.Layer):
         return tuple(tf.transpose(v.stack(), [1, 0, 2]) for v in (means, variances))
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "keep": self.keep, "learn_keep": self.learn_keep}
+        return {**super().get_config(), "units": self.units, "keep": self.keep, "learn_keep": self.learn_keep,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+                "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer)}
 
 
 __all__ = ["FastDropoutDense", "FastDropoutMLP", "FastDropoutRNN", "KeepRate", "QUADRATURE_NODES",

@@ -57,9 +57,13 @@ Choices where the paper is silent or that we do not follow:
   of ``activation``: ReLU by default, tanh as Table 2 (one hidden layer of
   200, 400 or 600 tanh units for the music sets; ``configs/vosp_jsb.cfg``,
   ``configs/vrae_jsb.cfg``); ``output_bias`` initialises the head's
-  projection bias (Table 2's b_y = -0.8).  Table 2's Gaussian initialisation
-  of the recurrent and input weights and its spectral-radius protocol are not
-  reproduced: the cells keep Keras' initialisers.
+  projection bias (Table 2's b_y = -0.8).  The RNNs keep Keras' initialisers
+  by default (``storn_init='keras'``: glorot-uniform input weights, an
+  orthogonal recurrent matrix, spectral radius 1); ``storn_init='table2'``
+  draws them as Table 2 and its ref. [27] do (N(0, ``init_variance``), at most
+  ``max_incoming`` weights into each unit, the recurrent matrix scaled to
+  ``spectral_radius``; :mod:`tfhier.models.initializers`).  The MLPs keep
+  Keras' initialisers either way: Table 2 names only the RNNs' matrices.
 * The latent scale: the paper does not say; STORN applies SGVB with Kingma &
   Welling's Gaussian recognition model, whose network outputs log sigma^2, so
   ``scale_fn='exp'`` (``sigma = exp(out / 2)``) by default; the latent
@@ -77,6 +81,7 @@ import tensorflow_probability as tfp
 
 from tfhier.blocks import PointwiseMLP, matmul_last
 from tfhier.models import cells, fast_dropout
+from tfhier.models.initializers import RNN_INITS, rnn_initializers
 from tfhier.models.base import (ACTIVATION_HELP, ModelOutput, SequenceModel, gather_continuations, graph_call,
                                 head_hparams, latent_normal, make_model_head)
 from tfhier.models.hparams import HParam, HParamError
@@ -101,9 +106,9 @@ def wiener_kl(loc, scale, mask):
     return kl * mask
 
 
-def _storn_cell(kind, units, name):
+def _storn_cell(kind, units, name, initializers=None):
     if kind == "simple":
-        return keras.layers.SimpleRNNCell(units, name=name)
+        return keras.layers.SimpleRNNCell(units, name=name, **(initializers or {}))
     if kind == "lstm":
         return keras.layers.LSTMCell(units, name=name)
     return keras.layers.GRUCell(units, name=name)
@@ -131,6 +136,16 @@ STORN_HPARAMS = head_hparams("bernoulli", 10, "exp") + (
     HParam("fast_dropout", "float", 0.0, "vosp/vrae: the dropout rate of fast dropout (STORN's FD-RNNs; appendix: 0.1) on "
            "the input of every weight matrix; 0: none. Needs --storn_cell=simple, --activation=tanh and "
            "--head=bernoulli.", stored_default=0.0),
+    HParam("storn_init", "str", "keras", "vosp/vrae: the RNNs' initial weights: keras (glorot-uniform input, "
+           "orthogonal recurrent weights) or table2 (STORN's Table 2 and Sutskever et al. 2013: N(0, "
+           "--init_variance), at most --max_incoming weights into each unit, the recurrent matrix scaled to "
+           "--spectral_radius). table2 needs --storn_cell=simple.", choices=RNN_INITS, stored_default="keras"),
+    HParam("init_variance", "float", 0.01, "vosp/vrae with --storn_init=table2: the variance of the RNNs' input "
+           "and recurrent weights (Table 2: 0.1, 0.01, 0.001 or 0.0001)."),
+    HParam("max_incoming", "int", 15, "vosp/vrae with --storn_init=table2: nonzero weights into each RNN unit from "
+           "the input and from the recurrence, each (Table 2's nu: 15, 25, 35 or 50; 0: all)."),
+    HParam("spectral_radius", "float", 1.1, "vosp/vrae with --storn_init=table2: the recurrent matrix's spectral "
+           "radius (Table 2's rho: 1.0, 1.05, 1.1 or 1.2)."),
     HParam("learn_recognition_dropout", "bool", True, "vosp/vrae with --fast_dropout: learn the recognition "
            "model's keep rates (its RNNs' and posterior network's; STORN appendix), starting at 1 - --fast_dropout; "
            "the generating model's stay fixed.", stored_default=True),
@@ -157,6 +172,13 @@ def _check_storn(name, hp):
         raise HParamError(f"{name}: --fast_dropout propagates moments through tanh units and a Bernoulli output: it "
                           f"needs --storn_cell=simple --activation=tanh --head=bernoulli, got --storn_cell="
                           f"{hp['storn_cell']} --activation={hp['activation']} --head={hp['head']}")
+    if hp["storn_init"] == "table2":
+        if hp["storn_cell"] != "simple":
+            raise HParamError(f"{name}: --storn_init=table2 initialises STORN's tanh RNN (eq. 2): it needs "
+                              f"--storn_cell=simple, got --storn_cell={hp['storn_cell']}")
+        if hp["init_variance"] <= 0 or hp["max_incoming"] < 0 or hp["spectral_radius"] <= 0:
+            raise HParamError(f"{name}: --init_variance and --spectral_radius must be > 0 and --max_incoming >= 0 "
+                              f"(0: all), got {hp['init_variance']}, {hp['spectral_radius']}, {hp['max_incoming']}")
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
@@ -180,12 +202,12 @@ class VOSP(RecurrentModel):
         if self.fast_dropout:  # STORN's FD-RNNs (appendix): every unit a mean and a variance
             keep, learn = 1.0 - hp["fast_dropout"], hp["learn_recognition_dropout"]
             self.output_keep = keep
-            self.rnn = fast_dropout.FastDropoutRNN(self.units, keep, learn, name="rnn")
+            self.rnn = fast_dropout.FastDropoutRNN(self.units, keep, learn, name="rnn", **rnn_initializers(hp))
             self.posterior_net = fast_dropout.FastDropoutMLP(hp["mlp_hidden"], 2 * self.z_dim, keep, learn,
                                                              out_initializer="zeros", name="posterior")
             self.emission_net = fast_dropout.FastDropoutMLP(hp["mlp_hidden"], keep=keep, name="emission")
         else:
-            self.rnn = _storn_cell(self.kind, self.units, "rnn")
+            self.rnn = _storn_cell(self.kind, self.units, "rnn", rnn_initializers(hp))
             self.posterior_net = PointwiseMLP(hp["mlp_hidden"], 2 * self.z_dim, activation=hp["activation"],
                                               out_initializer="zeros", name="posterior")
             self.emission_net = PointwiseMLP(hp["mlp_hidden"], activation=hp["activation"], name="emission")
@@ -296,11 +318,12 @@ class VRAE(SequenceModel):
 
         def birnn(name, learn_keep=False):
             if self.fast_dropout:  # STORN's FD-RNNs (appendix): every unit a mean and a variance
-                return tuple(fast_dropout.FastDropoutRNN(hp["rnn_units"], keep, learn_keep, name=f"{name}_{d}")
-                             for d in ("fw", "bw"))
+                return tuple(fast_dropout.FastDropoutRNN(hp["rnn_units"], keep, learn_keep, name=f"{name}_{d}",
+                                                         **rnn_initializers(hp)) for d in ("fw", "bw"))
             # Two named RNNs rather than keras.layers.Bidirectional, whose inner layers get process-dependent names
             # (checkpoints are by variable path).
-            cells = [_storn_cell(hp["storn_cell"], hp["rnn_units"], f"{name}_{d}_cell") for d in ("fw", "bw")]
+            cells = [_storn_cell(hp["storn_cell"], hp["rnn_units"], f"{name}_{d}_cell", rnn_initializers(hp))
+                     for d in ("fw", "bw")]
             return (keras.layers.RNN(cells[0], return_sequences=True, name=f"{name}_fw"),
                     keras.layers.RNN(cells[1], return_sequences=True, go_backwards=True, name=f"{name}_bw"))
 
