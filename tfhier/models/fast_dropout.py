@@ -184,16 +184,16 @@ class FastDropoutRNN(keras.layers.Layer):
                  recurrent_initializer="orthogonal", **kwargs):
         super().__init__(**kwargs)
         self.units, self.keep, self.learn_keep = int(units), float(keep), bool(learn_keep)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.recurrent_initializer = keras.initializers.get(recurrent_initializer)
+        # Kept as given and resolved in build: a name's initializer then draws its seed when the weights are made.
+        self.kernel_initializer, self.recurrent_initializer = kernel_initializer, recurrent_initializer
         self.input_rate = KeepRate(self.keep, self.learn_keep, name="input_keep")
         self.recurrent_rate = KeepRate(self.keep, self.learn_keep, name="recurrent_keep")
 
     def build(self, input_shape):
         self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), self.units),
-                                      initializer=self.kernel_initializer)
+                                      initializer=keras.initializers.get(self.kernel_initializer))
         self.recurrent_kernel = self.add_weight(name="recurrent_kernel", shape=(self.units, self.units),
-                                                initializer=self.recurrent_initializer)
+                                                initializer=keras.initializers.get(self.recurrent_initializer))
         self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
         self.input_rate.build()
         self.recurrent_rate.build()
@@ -244,8 +244,12 @@ class FastDropoutRNN(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "keep": self.keep, "learn_keep": self.learn_keep,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "recurrent_initializer": keras.initializers.serialize(self.recurrent_initializer)}
+                "kernel_initializer": _serialized(self.kernel_initializer),
+                "recurrent_initializer": _serialized(self.recurrent_initializer)}
+
+
+def _serialized(initializer):
+    return initializer if isinstance(initializer, str) else keras.initializers.serialize(initializer)
 
 
 __all__ = ["FastDropoutDense", "FastDropoutMLP", "FastDropoutRNN", "KeepRate", "QUADRATURE_NODES",

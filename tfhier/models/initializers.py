@@ -36,7 +36,8 @@ class SparseNormal(keras.initializers.RandomNormal):
         weights = super().__call__(shape, dtype=dtype)
         fan_in = int(shape[0])
         if 0 < self.max_incoming < fan_in:
-            # A random rank per entry of each column; the ``max_incoming`` lowest ranks survive.
+            # A random rank per entry of each column; the ``max_incoming`` lowest ranks survive. An integer seed s
+            # draws the normal from s and the ranks from s + 1 (two instances seeded s and s + 1 share a stream).
             seed = self.seed + 1 if isinstance(self.seed, int) else self.seed
             noise = keras.random.uniform(shape, seed=seed)
             ranks = tf.argsort(tf.argsort(noise, axis=0), axis=0)

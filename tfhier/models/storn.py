@@ -176,9 +176,11 @@ def _check_storn(name, hp):
         if hp["storn_cell"] != "simple":
             raise HParamError(f"{name}: --storn_init=table2 initialises STORN's tanh RNN (eq. 2): it needs "
                               f"--storn_cell=simple, got --storn_cell={hp['storn_cell']}")
-        if hp["init_variance"] <= 0 or hp["max_incoming"] < 0 or hp["spectral_radius"] <= 0:
-            raise HParamError(f"{name}: --init_variance and --spectral_radius must be > 0 and --max_incoming >= 0 "
-                              f"(0: all), got {hp['init_variance']}, {hp['spectral_radius']}, {hp['max_incoming']}")
+        for flag, bad, expected in (("init_variance", hp["init_variance"] <= 0, "> 0"),
+                                    ("spectral_radius", hp["spectral_radius"] <= 0, "> 0"),
+                                    ("max_incoming", hp["max_incoming"] < 0, ">= 0 (0: all)")):
+            if bad:
+                raise HParamError(f"{name}: --{flag} must be {expected}, got {hp[flag]}")
 
 
 @keras.saving.register_keras_serializable(package="tfhier")
