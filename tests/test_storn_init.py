@@ -112,3 +112,9 @@ def test_keras_initialisation_stays_the_default_and_old_runs_rebuild_with_it():
 def test_bad_table2_settings_are_refused_by_name(bad, match):
     with pytest.raises(HParamError, match=match):
         build_model("vrae", 7, {**SMALL, **TABLE2, **bad})
+
+
+def test_table2_settings_without_table2_are_refused():
+    with pytest.raises(HParamError, match="--max_incoming is a setting of --storn_init=table2"):
+        build_model("vosp", 7, dict(SMALL, max_incoming=25))
+    build_model("vosp", 7, dict(SMALL, max_incoming=15))  # the default value changes nothing: accepted

@@ -172,6 +172,12 @@ def _check_storn(name, hp):
         raise HParamError(f"{name}: --fast_dropout propagates moments through tanh units and a Bernoulli output: it "
                           f"needs --storn_cell=simple --activation=tanh --head=bernoulli, got --storn_cell="
                           f"{hp['storn_cell']} --activation={hp['activation']} --head={hp['head']}")
+    table2_only = {h.name: h.default for h in STORN_HPARAMS if h.name in ("init_variance", "max_incoming",
+                                                                           "spectral_radius")}
+    changed = [n for n, default in table2_only.items() if hp[n] != default]
+    if hp["storn_init"] != "table2" and changed:
+        raise HParamError(f"{name}: --{changed[0]} is a setting of --storn_init=table2; --storn_init="
+                          f"{hp['storn_init']} keeps Keras' initialisers")
     if hp["storn_init"] == "table2":
         if hp["storn_cell"] != "simple":
             raise HParamError(f"{name}: --storn_init=table2 initialises STORN's tanh RNN (eq. 2): it needs "
